@@ -1,0 +1,41 @@
+# Quick start:
+#   make demo   # make .venv, install, run the whole pipeline on the bundled corpus
+#   make test   # make .venv, install, run the tests (both Keras backends)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= all
+
+.PHONY: install demo test test-tensorflow test-jax lint format clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[jax,dev]"
+	touch $@
+
+demo: install
+	$(BIN)/snakemake --cores $(CORES)
+
+test: test-tensorflow test-jax
+
+test-tensorflow: install
+	KERAS_BACKEND=tensorflow $(BIN)/pytest
+
+# The model tests again on the second backend.
+test-jax: install
+	KERAS_BACKEND=jax $(BIN)/pytest -m keras
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakemake --lint
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf results logs .snakemake

@@ -1,0 +1,34 @@
+# Train ELMo contextual word vectors on your own corpus (bilm-tf format).
+#
+#   snakemake --cores all                      # the bundled demo (config/config.yaml)
+#   snakemake --cores all --configfile my.yaml # your corpus
+#
+# Stages: segment -> vocab -> word2vec -> train_bilm -> dump_weights -> embed.
+# Each rule runs one module of src/elmo_pipeline and lists its source files
+# among its inputs, so editing a stage's code reruns that stage and what
+# depends on it, and nothing upstream.
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/segment.smk"
+include: "workflow/rules/vocab.smk"
+include: "workflow/rules/word2vec.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/dump.smk"
+include: "workflow/rules/embed.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),

@@ -1,0 +1,118 @@
+"""Helpers shared by every stage: input files, atomic outputs, logging.
+
+Every stage writes its outputs through :func:`atomic_path` so that a job
+killed half-way leaves a ``*.tmp-*`` file behind, never a file with the
+final name that Snakemake (or a user) would take for a finished result.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import glob
+import gzip
+import json
+import logging
+import lzma
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+#: Suffixes we decompress transparently.
+_OPENERS = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
+
+
+def expand_inputs(patterns: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand paths and globs into a sorted, de-duplicated list of files.
+
+    A pattern that matches nothing is an error naming that pattern: a typo in
+    ``corpus.paths`` must not silently train on less text.
+    """
+    if isinstance(patterns, str | os.PathLike):
+        patterns = [patterns]
+    files: list[Path] = []
+    for pattern in patterns:
+        pattern = os.fspath(pattern)
+        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        matches = [m for m in matches if os.path.isfile(m)]
+        if not matches:
+            raise FileNotFoundError(f"input {pattern!r} matches no file")
+        files.extend(Path(m) for m in matches)
+    seen: set[Path] = set()
+    return [f for f in files if not (f in seen or seen.add(f))]
+
+
+def open_binary(path: str | os.PathLike) -> IO[bytes]:
+    """Open a plain, .gz, .xz or .bz2 file for reading bytes."""
+    opener = _OPENERS.get(Path(path).suffix.lower(), open)
+    return opener(path, "rb")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` on success.
+
+    On an exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """Open ``path`` for writing through :func:`atomic_path` (UTF-8 by default)."""
+    if "b" not in mode:
+        kwargs.setdefault("encoding", "utf-8")
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as handle:
+        yield handle
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as pretty UTF-8 JSON, atomically."""
+    with atomic_open(path) as handle:
+        json.dump(obj, handle, ensure_ascii=False, indent=2, sort_keys=False)
+        handle.write("\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> None:
+    """Log to stderr and, when given, to ``log_file`` (the rule's ``log:``)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w", encoding="utf-8"))
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(exc_type, exc, tb) -> None:
+    """Send a crash to the rule's log file too, not only to the terminal."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc, tb)
+    else:
+        logging.getLogger("elmo_pipeline").critical("failed: %s", exc, exc_info=(exc_type, exc, tb))

@@ -1,0 +1,210 @@
+"""The Snakemake workflow itself: lint, config validation, end-to-end runs, reruns.
+
+These run the real ``snakemake`` on a tiny corpus in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from elmo_pipeline.vocab import read_vocab
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "tests" / "data" / "workflow" / "toutiao_sample.txt"
+
+pytestmark = pytest.mark.slow
+
+#: A model small enough to train in seconds on two CPU cores.
+TINY_BILM = {
+    "lstm": {"dim": 32, "projection_dim": 16, "n_layers": 2},
+    "char_cnn": {"filters": [[1, 8], [2, 8], [3, 16]], "n_highway": 1},
+    "batch_size": 8,
+    "unroll_steps": 10,
+    "n_epochs": 1,
+    "n_negative_samples_batch": 64,
+    "checkpoint_every": 20,
+}
+
+
+def tiny_config(**bilm_overrides) -> dict:
+    return {
+        "corpus": {
+            "paths": [str(SAMPLE)],
+            "format": "fields",
+            "delimiter": "_!_",
+            "field": 3,
+            "language": "zh",
+            "heldout_fraction": 0.05,
+            "n_shards": 2,
+        },
+        "word2vec": {"epochs": 2},
+        "bilm": {**TINY_BILM, **bilm_overrides},
+        "embed": {"batch_size": 16},
+    }
+
+
+def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    """Run the real snakemake on this repository's Snakefile in ``workdir``."""
+    config_file = workdir / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config_file),
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+def planned_rules(result: subprocess.CompletedProcess) -> set[str]:
+    """Rule names from the 'Job stats' table of a dry run."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = result.stdout + result.stderr
+    if "Nothing to be done" in text:
+        return set()
+    table = text.split("Job stats:", 1)[1]
+    return {
+        m.group(1)
+        for m in re.finditer(r"^(\w+)\s+\d+\s*$", table, flags=re.MULTILINE)
+        if m.group(1) != "total"
+    }
+
+
+def test_lint_passes() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("vocab", "min_cnt", 2, "min_cnt"),
+        ("corpus", "language", "fr", "language"),
+        ("bilm", "backend", "torch", "backend"),
+        ("word2vec", "epochs", 0, "epochs"),
+    ],
+)
+def test_bad_config_fails_before_any_job(tmp_path, section, key, value, expected) -> None:
+    config = tiny_config()
+    config.setdefault(section, {})[key] = value
+    result = snakemake(tmp_path, config, "--dry-run")
+    assert result.returncode != 0
+    assert expected in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_cross_key_check_names_both_keys(tmp_path) -> None:
+    result = snakemake(tmp_path, tiny_config(lstm={"dim": 16, "projection_dim": 16}), "-n")
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "bilm.lstm.projection_dim" in out and "bilm.lstm.dim" in out
+
+
+def test_missing_corpus_path_is_named(tmp_path) -> None:
+    config = tiny_config()
+    config["corpus"]["paths"] = [str(tmp_path / "nowhere" / "*.txt")]
+    result = snakemake(tmp_path, config, "-n")
+    assert result.returncode != 0
+    assert "nowhere" in result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def token_run(tmp_path_factory) -> Path:
+    """The whole pipeline, token mode initialised from word2vec, TensorFlow backend."""
+    workdir = tmp_path_factory.mktemp("token_run")
+    result = snakemake(workdir, tiny_config(input="token"), "--cores", "2")
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return workdir
+
+
+def test_token_pipeline_outputs(token_run: Path) -> None:
+    results = token_run / "results"
+    shards = sorted((results / "corpus" / "train").glob("shard-*.txt"))
+    assert [s.name for s in shards] == ["shard-00000.txt", "shard-00001.txt"]
+    stats = json.loads((results / "corpus" / "stats.json").read_text(encoding="utf-8"))
+    assert stats["lines_read"] == 300
+
+    vocab = read_vocab(results / "vocab" / "vocab.txt")
+    assert vocab[:3] == ["<S>", "</S>", "<UNK>"]
+    vocab_stats = json.loads((results / "vocab" / "stats.json").read_text(encoding="utf-8"))
+    n_tokens = sum(len(line.split()) for s in shards for line in s.read_text("utf-8").splitlines())
+    assert vocab_stats["n_train_tokens"] == n_tokens
+
+    with h5py.File(results / "word2vec" / "init.hdf5", "r") as f:
+        assert f["embedding"].shape == (len(vocab), 16)
+
+    history = (results / "bilm" / "history.csv").read_text(encoding="utf-8").splitlines()
+    assert history[0].startswith("step")
+    assert len(history) >= 2
+
+    options = json.loads((results / "model" / "options.json").read_text(encoding="utf-8"))
+    assert options["lstm"]["projection_dim"] == 16
+    assert "char_cnn" not in options
+    with h5py.File(results / "model" / "weights.hdf5", "r") as f:
+        assert f["embedding"].shape == (len(vocab), 16)
+        assert "RNN_1/RNN/MultiRNNCell/Cell1/LSTMCell/W_P_0" in f
+    assert read_vocab(results / "model" / "vocab.txt") == vocab
+
+    table = pq.read_table(results / "embeddings")
+    heldout = (results / "corpus" / "heldout.txt").read_text("utf-8").splitlines()
+    assert table.num_rows == len(heldout)
+    assert {"id", "text", "tokens", "sequence_len", "elmo", "default"} <= set(table.column_names)
+
+    for rule in ("segment", "vocab", "word2vec", "train_bilm", "dump_weights", "embed"):
+        assert (token_run / "logs" / rule / f"{rule}.log").stat().st_size > 0, rule
+    assert not list(results.rglob("*.tmp"))
+
+
+def test_nothing_reruns_when_nothing_changed(token_run: Path) -> None:
+    assert planned_rules(snakemake(token_run, tiny_config(input="token"), "-n")) == set()
+
+
+def test_word2vec_change_reruns_only_word2vec_and_consumers(token_run: Path) -> None:
+    config = tiny_config(input="token")
+    config["word2vec"]["epochs"] = 3
+    planned = planned_rules(snakemake(token_run, config, "-n"))
+    assert planned == {"word2vec", "train_bilm", "dump_weights", "embed", "all"}
+
+
+def test_vocab_change_reruns_vocab_and_downstream_not_segment(token_run: Path) -> None:
+    config = tiny_config(input="token")
+    config["vocab"] = {"min_count": 2}
+    planned = planned_rules(snakemake(token_run, config, "-n"))
+    assert "segment" not in planned
+    assert {"vocab", "word2vec", "train_bilm"} <= planned
+
+
+def test_char_pipeline_on_jax(tmp_path) -> None:
+    """Char-CNN mode, JAX backend: no word2vec stage needed, model dumped and used."""
+    config = tiny_config(input="char", backend="jax")
+    planned = planned_rules(snakemake(tmp_path, config, "-n"))
+    assert "word2vec" not in planned
+    result = snakemake(tmp_path, config, "--cores", "2")
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    options = json.loads((tmp_path / "results" / "model" / "options.json").read_text("utf-8"))
+    assert options["char_cnn"]["n_characters"] == 262
+    with h5py.File(tmp_path / "results" / "model" / "weights.hdf5", "r") as f:
+        assert f["char_embed"].shape == (261, 16)
+    assert pq.read_table(tmp_path / "results" / "embeddings").num_rows > 0

@@ -1,0 +1,94 @@
+# Helpers shared by the rules: source files of each stage, the settings a
+# stage receives, and cross-key checks the JSON schema cannot express.
+
+import glob
+import json
+import os
+
+SRC = os.path.join(workflow.basedir, "src")
+PKG = os.path.join(SRC, "elmo_pipeline")
+ENV = "../../envs/cpu.yaml"
+GPU_ENV = "../../envs/gpu.yaml"
+# Rules run `python -m elmo_pipeline.<stage>` from this checkout, installed or not.
+shell.prefix(f"export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+
+
+class ConfigError(ValueError):
+    """A configuration value that passed the schema but cannot work."""
+
+
+def check_config(cfg):
+    """Checks across keys, so bad settings fail before any job runs."""
+    lstm = cfg["bilm"]["lstm"]
+    if lstm["projection_dim"] >= lstm["dim"]:
+        raise ConfigError(
+            f"bilm.lstm.projection_dim ({lstm['projection_dim']}) must be smaller than "
+            f"bilm.lstm.dim ({lstm['dim']}): bilm-tf writes no projection otherwise"
+        )
+    if cfg["bilm"]["input"] == "char":
+        n_filters = sum(n for _, n in cfg["bilm"]["char_cnn"]["filters"])
+        if n_filters <= lstm["projection_dim"]:
+            raise ConfigError(
+                f"bilm.char_cnn.filters add up to {n_filters} filters; they must exceed "
+                f"bilm.lstm.projection_dim ({lstm['projection_dim']})"
+            )
+    w2v_dim = cfg["word2vec"]["vector_size"]
+    if token_init_from_word2vec(cfg) and w2v_dim not in (None, lstm["projection_dim"]):
+        raise ConfigError(
+            f"word2vec.vector_size ({w2v_dim}) must equal bilm.lstm.projection_dim "
+            f"({lstm['projection_dim']}) (or be null) to initialise the token embedding"
+        )
+    for pattern in cfg["corpus"]["paths"]:
+        if not glob.glob(os.path.expanduser(pattern)):
+            raise ConfigError(f"corpus.paths: {pattern!r} matches no file")
+    for pattern in cfg["embed"]["inputs"]:
+        if not glob.glob(os.path.expanduser(pattern)):
+            raise ConfigError(f"embed.inputs: {pattern!r} matches no file")
+
+
+def token_init_from_word2vec(cfg=config):
+    return cfg["bilm"]["input"] == "token" and cfg["bilm"]["token_init"] == "word2vec"
+
+
+def sources(*modules):
+    """Source files of the given modules (and the shared helpers), as rule inputs."""
+    files = [os.path.join(PKG, "common.py")]
+    for module in modules:
+        path = os.path.join(PKG, module)
+        if os.path.isdir(path):
+            files += sorted(glob.glob(os.path.join(path, "*.py")))
+        else:
+            files.append(f"{path}.py")
+    return files
+
+
+def as_json(obj):
+    """A settings dict as one JSON string, passed to a module with --settings."""
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True)
+
+
+def corpus_files():
+    return sorted({f for p in config["corpus"]["paths"] for f in glob.glob(os.path.expanduser(p))})
+
+
+def word2vec_settings():
+    settings = dict(config["word2vec"])
+    if settings["vector_size"] is None:
+        settings["vector_size"] = config["bilm"]["lstm"]["projection_dim"]
+    return settings
+
+
+SHARDS = [
+    f"results/corpus/train/shard-{i:05d}.txt" for i in range(config["corpus"]["n_shards"])
+]
+
+
+def final_targets():
+    return [
+        "results/model/weights.hdf5",
+        "results/model/options.json",
+        "results/embeddings",
+    ]
+
+
+check_config(config)

@@ -1,0 +1,24 @@
+rule dump_weights:
+    """Write weights.hdf5, options.json, vocab.txt, vocab_embedding.hdf5 (bilm-tf format)."""
+    input:
+        weights="results/bilm/model.weights.h5",
+        options="results/bilm/train_options.json",
+        vocab="results/vocab/vocab.txt",
+        code=sources("dump", "vocab", "bilm"),
+    output:
+        weights="results/model/weights.hdf5",
+        options="results/model/options.json",
+        vocab="results/model/vocab.txt",
+        vocab_embedding="results/model/vocab_embedding.hdf5",
+    params:
+        bilm_dir=lambda wc, input: os.path.dirname(input.options),
+        out_dir=lambda wc, output: os.path.dirname(output.options),
+    log:
+        "logs/dump_weights/dump_weights.log",
+    benchmark:
+        "benchmarks/dump_weights/dump_weights.tsv"
+    conda:
+        ENV
+    shell:
+        "python -m elmo_pipeline.dump --bilm-dir {params.bilm_dir} --vocab {input.vocab} "
+        "--out-dir {params.out_dir} --log {log}"

@@ -1,0 +1,33 @@
+rule embed:
+    """Embed the held-out text (or embed.inputs) into a Parquet dataset."""
+    input:
+        texts=config["embed"]["inputs"] or ["results/corpus/heldout.txt"],
+        weights="results/model/weights.hdf5",
+        options="results/model/options.json",
+        vocab="results/model/vocab.txt",
+        code=sources("embed", "segment", "bilm"),
+    output:
+        directory("results/embeddings"),
+    params:
+        settings=as_json(
+            {
+                "embed": config["embed"],
+                "corpus": config["corpus"],
+                "segment": config["segment"],
+                "backend": config["bilm"]["backend"],
+            }
+        ),
+        inputs=lambda wc: " ".join(config["embed"]["inputs"]),
+        model_dir=lambda wc, input: os.path.dirname(input.options),
+    threads: workflow.cores
+    resources:
+        gpu=1,
+    log:
+        "logs/embed/embed.log",
+    benchmark:
+        "benchmarks/embed/embed.tsv"
+    conda:
+        GPU_ENV
+    shell:
+        "python -m elmo_pipeline.embed --settings {params.settings:q} --model {params.model_dir} "
+        "--inputs {params.inputs} --out-dir {output} --log {log}"

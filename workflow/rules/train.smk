@@ -1,0 +1,32 @@
+rule train_bilm:
+    """Train the biLM on the GPU (CPU when none); resumes from bilm/checkpoints/."""
+    input:
+        unpack(
+            lambda wc: {"init": "results/word2vec/init.hdf5"} if token_init_from_word2vec() else {}
+        ),
+        shards=SHARDS,
+        heldout="results/corpus/heldout.txt",
+        vocab="results/vocab/vocab.txt",
+        vocab_stats="results/vocab/stats.json",
+        code=sources("train", "vocab", "bilm"),
+    output:
+        weights="results/bilm/model.weights.h5",
+        options="results/bilm/train_options.json",
+        history="results/bilm/history.csv",
+    params:
+        settings=as_json(config["bilm"]),
+        out_dir=lambda wc, output: os.path.dirname(output.options),
+        init=lambda wc, input: f"--init {input.init}" if "init" in input.keys() else "",
+    threads: workflow.cores
+    resources:
+        gpu=1,
+    log:
+        "logs/train_bilm/train_bilm.log",
+    benchmark:
+        "benchmarks/train_bilm/train_bilm.tsv"
+    conda:
+        GPU_ENV
+    shell:
+        "python -m elmo_pipeline.train --settings {params.settings:q} --vocab {input.vocab} "
+        "--vocab-stats {input.vocab_stats} --shards {input.shards} --heldout {input.heldout} "
+        "{params.init} --out-dir {params.out_dir} --log {log}"
