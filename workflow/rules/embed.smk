@@ -1,3 +1,10 @@
+def embed_input_args(wildcards, input):
+    """Raw files from embed.inputs are segmented; the held-out text already is."""
+    if config["embed"]["inputs"]:
+        return "--inputs " + " ".join(input.texts)
+    return "--pretokenized " + " ".join(input.texts)
+
+
 rule embed:
     """Embed the held-out text (or embed.inputs) into a Parquet dataset."""
     input:
@@ -17,7 +24,7 @@ rule embed:
                 "backend": config["bilm"]["backend"],
             }
         ),
-        inputs=lambda wc: " ".join(config["embed"]["inputs"]),
+        inputs=embed_input_args,
         model_dir=lambda wc, input: os.path.dirname(input.options),
     threads: workflow.cores
     resources:
@@ -30,4 +37,4 @@ rule embed:
         GPU_ENV
     shell:
         "python -m elmo_pipeline.embed --settings {params.settings:q} --model {params.model_dir} "
-        "--inputs {params.inputs} --out-dir {output} --log {log}"
+        "{params.inputs} --out-dir {output} --threads {threads} --log {log}"
