@@ -1,0 +1,311 @@
+"""The biLM training model (ELMO_FORMAT.md sections 3 and 5) as one Keras 3 model.
+
+``BiLM`` = token encoder (``CharCNNEncoder`` or ``TokenEncoder``, shared by both
+directions) -> ``BiLSTMStack`` (forward and backward fused on a leading
+direction axis) -> dropout -> one softmax ``[n_vocab, P]`` + bias shared by both
+directions (or tied to the token embedding with ``share_embedding_softmax``).
+
+Inputs are *batch-major* ``[B, 2, T]`` token ids or ``[B, 2, T, C]`` char ids
+(the data-parallel distribution splits axis 0); targets ``[B, 2, T]``.  Direction
+1 is already in processing order (``</S> wn .. w1 <S>``).
+
+Truncated BPTT with carried state: the LSTM state lives in non-trainable
+variables (``lstm_state_c_l``, ``lstm_state_h_l``, ``[2, B, ...]``); each
+training call starts from them and writes its final state back, so row i of
+the next batch continues row i.  Gradients stop at the batch boundary because a
+variable's value is a constant to the gradient.  This works unchanged under
+TensorFlow and under Keras' stateless JAX trainer (non-trainable updates are
+returned from ``stateless_call``).
+
+The loss (``compute_loss``) is the sampled softmax of ``softmax.py``, mean over
+all tokens of both directions (= mean of the two directions' means, since both
+have ``B*T`` tokens), always in float32.  ``heldout_nll`` gives the full-softmax
+cross-entropy for evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from elmo_pipeline.bilm.chars import N_TRAIN_CHARACTERS
+from elmo_pipeline.bilm.layers import BiLSTMStack, CharCNNEncoder, TokenEncoder
+from elmo_pipeline.bilm.softmax import LogUniformSampler, full_softmax_nll, sampled_softmax_nll
+
+
+def is_char_mode(options: dict[str, Any]) -> bool:
+    """Char-CNN input unless ``input: token`` (or, without ``input``, no ``char_cnn`` section)."""
+    mode = options.get("input")
+    if mode is None:
+        return "char_cnn" in options
+    if mode not in ("char", "token"):
+        raise ValueError(f"bilm.input must be 'char' or 'token', got {mode!r}")
+    return mode == "char"
+
+
+def global_batch_size(options: dict[str, Any]) -> int:
+    """Rows per step over all replicas (``batch_size`` is per replica, as in bilm-tf)."""
+    return int(options["batch_size"]) * int(options.get("n_replicas", 1))
+
+
+@contextlib.contextmanager
+def dtype_policy(mixed_precision: bool) -> Iterator[None]:
+    """Build under ``mixed_bfloat16`` when asked, restoring the global policy after."""
+    previous = keras.config.dtype_policy()
+    if mixed_precision:
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+class BiLM(keras.Model):
+    """Bidirectional LM with carried LSTM state; see the module docstring."""
+
+    def __init__(
+        self,
+        options: dict[str, Any],
+        n_vocab: int,
+        batch_size: int,
+        init_embedding: np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        lstm = options["lstm"]
+        self.options = options
+        self.n_vocab = int(n_vocab)
+        self.batch_size = int(batch_size)
+        self.char_mode = is_char_mode(options)
+        self.projection_dim = int(lstm["projection_dim"])
+        self.dim = int(lstm["dim"])
+        self.n_layers = int(lstm.get("n_layers", 2))
+        self.dropout_rate = float(options.get("dropout", 0.0))
+        seed = options.get("seed")
+        self.share_embedding_softmax = bool(options.get("share_embedding_softmax", False))
+        if self.share_embedding_softmax and self.char_mode:
+            raise ValueError("bilm.share_embedding_softmax needs input: token")
+        if self.char_mode:
+            cnn = options["char_cnn"]
+            self.max_chars = int(cnn.get("max_characters_per_token", 50))
+            self.token_encoder = CharCNNEncoder(
+                n_characters=N_TRAIN_CHARACTERS,
+                char_embed_dim=int(cnn["embedding"]["dim"]),
+                filters=cnn["filters"],
+                n_highway=int(cnn.get("n_highway", 0)),
+                activation=cnn.get("activation", "relu"),
+                projection_dim=self.projection_dim,
+                max_characters_per_token=self.max_chars,
+                name="token_encoder",
+            )
+        else:
+            self.max_chars = 0
+            initializer: Any = keras.initializers.RandomNormal(stddev=1.0, seed=seed)
+            if init_embedding is not None:
+                initializer = np.asarray(init_embedding, dtype=np.float32)
+            self.token_encoder = TokenEncoder(
+                self.n_vocab,
+                self.projection_dim,
+                embeddings_initializer=initializer,
+                name="token_encoder",
+            )
+        self.lstm = BiLSTMStack(
+            n_layers=self.n_layers,
+            dim=self.dim,
+            projection_dim=self.projection_dim,
+            cell_clip=lstm.get("cell_clip"),
+            proj_clip=lstm.get("proj_clip"),
+            use_skip_connections=bool(lstm.get("use_skip_connections", True)),
+            dropout=self.dropout_rate,
+            seed=seed,
+            name="lstm",
+        )
+        if not self.share_embedding_softmax:
+            self.softmax_w = self.add_weight(
+                name="softmax_W",
+                shape=(self.n_vocab, self.projection_dim),
+                initializer=keras.initializers.RandomNormal(
+                    stddev=1.0 / np.sqrt(self.projection_dim), seed=seed
+                ),
+                dtype="float32",
+            )
+        self.softmax_b = self.add_weight(
+            name="softmax_b", shape=(self.n_vocab,), initializer="zeros", dtype="float32"
+        )
+        self.state_c = [
+            self.add_weight(
+                name=f"lstm_state_c_{layer}",
+                shape=(2, self.batch_size, self.dim),
+                initializer="zeros",
+                trainable=False,
+                dtype="float32",
+            )
+            for layer in range(self.n_layers)
+        ]
+        self.state_h = [
+            self.add_weight(
+                name=f"lstm_state_h_{layer}",
+                shape=(2, self.batch_size, self.projection_dim),
+                initializer="zeros",
+                trainable=False,
+                dtype="float32",
+            )
+            for layer in range(self.n_layers)
+        ]
+        self.sample_seed = keras.random.SeedGenerator(seed, name="sampler_seed")
+        self.dropout_seed = keras.random.SeedGenerator(
+            None if seed is None else seed + 1, name="dropout_seed"
+        )
+        self.sampler = LogUniformSampler(
+            self.n_vocab, int(options.get("n_negative_samples_batch", 8192)), self.sample_seed
+        )
+
+    # -- weights ------------------------------------------------------------------------------
+    @property
+    def softmax_weights(self):
+        """``[n_vocab, P]`` output embedding (the token embedding when tied)."""
+        if self.share_embedding_softmax:
+            return self.token_encoder.embedding
+        return self.softmax_w
+
+    def example_inputs(self, steps: int = 1) -> np.ndarray:
+        """A batch of ``<S>`` inputs of the model's input shape (used to build it)."""
+        shape = (self.batch_size, 2, steps) + ((self.max_chars,) if self.char_mode else ())
+        if not self.char_mode:
+            return np.zeros(shape, dtype=np.int32)
+        from elmo_pipeline.bilm.chars import token_char_ids
+
+        return np.broadcast_to(token_char_ids("<S>", self.max_chars), shape).astype(np.int32)
+
+    def build_all(self) -> None:
+        """Create every variable (one call on a dummy batch), then zero the carried state."""
+        self(self.example_inputs(), training=False)
+        self.reset_lstm_state()
+
+    def reset_lstm_state(self) -> None:
+        for var in self.state_c + self.state_h:
+            var.assign(ops.zeros(var.shape, var.dtype))
+
+    # -- forward ------------------------------------------------------------------------------
+    def encode(self, inputs):
+        """Direction-major ``[2, B, T(, C)]`` ids -> token vectors ``[2, B, T, P]``."""
+        shape = ops.shape(inputs)
+        flat = ops.reshape(inputs, (shape[0] * shape[1], *shape[2:]))
+        vectors = self.token_encoder(flat)
+        return ops.reshape(vectors, (shape[0], shape[1], shape[2], self.projection_dim))
+
+    def forward(self, inputs, initial_state=None, lengths=None, training=False):
+        """``[2, B, T(, C)]`` -> (top LSTM output ``[2, B, T, P]``, final state)."""
+        outputs, final_state = self.lstm(
+            self.encode(inputs), initial_state=initial_state, lengths=lengths, training=training
+        )
+        top = outputs[-1]
+        if training and self.dropout_rate > 0:
+            top = keras.random.dropout(top, self.dropout_rate, seed=self.dropout_seed)
+        return top, final_state
+
+    def call(self, inputs, training=False):
+        """Batch-major inputs; starts from and updates the carried state; returns the top
+        output ``[2, B, T, P]``."""
+        x = ops.moveaxis(inputs, 1, 0)
+        state = [(c, h) for c, h in zip(self.state_c, self.state_h, strict=True)]
+        top, final_state = self.forward(x, state, training=training)
+        for (c, h), var_c, var_h in zip(final_state, self.state_c, self.state_h, strict=True):
+            var_c.assign(ops.cast(c, "float32"))
+            var_h.assign(ops.cast(h, "float32"))
+        return top
+
+    # -- losses -------------------------------------------------------------------------------
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Sampled-softmax loss, mean over every token of both directions (float32)."""
+        targets = ops.reshape(ops.moveaxis(y, 1, 0), (-1,))
+        hidden = ops.reshape(y_pred, (-1, self.projection_dim))
+        nll = sampled_softmax_nll(
+            hidden,
+            targets,
+            self.softmax_weights,
+            self.softmax_b,
+            self.sampler.sample(),
+            self.sampler.log_q,
+        )
+        return ops.mean(nll)
+
+    def heldout_nll(self, inputs, targets, weights, initial_state):
+        """Full-softmax summed NLL and pair count per direction, plus the final state.
+
+        Direction-major ``inputs [2, B, T(, C)]``, ``targets``/``weights [2, B, T]``.
+        """
+        top, final_state = self.forward(inputs, initial_state, training=False)
+        nll = full_softmax_nll(
+            ops.reshape(top, (-1, self.projection_dim)),
+            ops.reshape(targets, (-1,)),
+            self.softmax_weights,
+            self.softmax_b,
+        )
+        weights = ops.cast(weights, "float32")
+        nll = ops.reshape(nll, ops.shape(weights)) * weights
+        return ops.sum(nll, axis=(1, 2)), ops.sum(weights, axis=(1, 2)), final_state
+
+
+class HeldoutScorer(keras.Model):
+    """Compiled full-softmax scoring of a stream batch with explicit state in and out.
+
+    Shares every variable with ``bilm``; ``predict_on_batch`` XLA-compiles it on
+    both backends.  Inputs: dict with ``inputs``, ``targets``, ``weights`` and
+    the states ``c{l}`` ``[B, 2, dim]``, ``h{l}`` ``[B, 2, P]``, all batch-major
+    (so data parallelism splits rows); outputs: ``nll`` [2] (summed), ``count``
+    [2] and the new ``c{l}``, ``h{l}``.
+    """
+
+    def __init__(self, bilm: BiLM, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.bilm = bilm
+
+    def call(self, batch):
+        def direction_major(x):
+            return ops.moveaxis(x, 1, 0)
+
+        n_layers = self.bilm.n_layers
+        state = [
+            (direction_major(batch[f"c{layer}"]), direction_major(batch[f"h{layer}"]))
+            for layer in range(n_layers)
+        ]
+        nll, count, final_state = self.bilm.heldout_nll(
+            direction_major(batch["inputs"]),
+            direction_major(batch["targets"]),
+            direction_major(batch["weights"]),
+            state,
+        )
+        out = {"nll": nll, "count": count}
+        for layer, (c, h) in enumerate(final_state):
+            out[f"c{layer}"] = direction_major(ops.cast(c, "float32"))
+            out[f"h{layer}"] = direction_major(ops.cast(h, "float32"))
+        return out
+
+
+def build_training_model(
+    train_options: dict[str, Any], n_vocab: int, init_embedding: np.ndarray | None = None
+) -> BiLM:
+    """Build (all variables created) the training biLM for ``train_options``.
+
+    ``train_options``: the ``bilm`` settings section or a ``train_options.json``
+    (``lstm``, ``char_cnn`` when ``input: char``, ``dropout``,
+    ``n_negative_samples_batch``, ``batch_size`` [per replica], ``n_replicas``,
+    ``mixed_precision``, ``share_embedding_softmax``, ``seed``).  The carried-state
+    variables have ``batch_size * n_replicas`` rows.  ``init_embedding``
+    ``[n_vocab, projection_dim]`` initialises the token-mode embedding.
+    """
+    if init_embedding is not None and is_char_mode(train_options):
+        raise ValueError("init_embedding is only for input: token")
+    with dtype_policy(bool(train_options.get("mixed_precision", False))):
+        model = BiLM(train_options, n_vocab, global_batch_size(train_options), init_embedding)
+        model.build_all()
+    if init_embedding is not None:
+        # explicit, so the init holds whatever the layer does with its initializer
+        model.token_encoder.embedding.assign(np.asarray(init_embedding, dtype=np.float32))
+    return model
