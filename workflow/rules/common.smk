@@ -4,13 +4,21 @@
 import glob
 import json
 import os
+import sys
+
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 SRC = os.path.join(workflow.basedir, "src")
 PKG = os.path.join(SRC, "elmo_pipeline")
 ENV = "../../envs/cpu.yaml"
 GPU_ENV = "../../envs/gpu.yaml"
 # Rules run `python -m elmo_pipeline.<stage>` from this checkout, installed or not.
-shell.prefix(f"export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+# Without --sdm conda, `python` is the interpreter running Snakemake (the
+# project's virtual environment), even when that environment is not activated.
+_PATH = "" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else (
+    f"export PATH={os.path.dirname(sys.executable)}:$PATH; "
+)
+shell.prefix(f"{_PATH}export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 
 class ConfigError(ValueError):
@@ -76,6 +84,13 @@ def word2vec_settings():
     if settings["vector_size"] is None:
         settings["vector_size"] = config["bilm"]["lstm"]["projection_dim"]
     return settings
+
+
+def embed_input_args(wildcards, input):
+    """Raw files from embed.inputs are segmented; the held-out text already is."""
+    if config["embed"]["inputs"]:
+        return "--inputs " + " ".join(input.texts)
+    return "--pretokenized " + " ".join(input.texts)
 
 
 SHARDS = [

@@ -1,10 +1,3 @@
-def embed_input_args(wildcards, input):
-    """Raw files from embed.inputs are segmented; the held-out text already is."""
-    if config["embed"]["inputs"]:
-        return "--inputs " + " ".join(input.texts)
-    return "--pretokenized " + " ".join(input.texts)
-
-
 rule embed:
     """Embed the held-out text (or embed.inputs) into a Parquet dataset."""
     input:
