@@ -1,0 +1,19 @@
+"""The bidirectional language model (biLM) of ELMo, in Keras 3.
+
+Modules: ``chars`` (char ids, no Keras), ``layers`` (the network),
+``weights`` (bilm-tf ``weights.hdf5`` I/O and options), ``embedder``
+(:class:`Embedder`).  Nothing here imports Keras until a Keras-using module
+is imported, so the backend can still be chosen by the caller.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Embedder"]
+
+
+def __getattr__(name: str):
+    if name == "Embedder":
+        from elmo_pipeline.bilm.embedder import Embedder
+
+        return Embedder
+    raise AttributeError(f"module 'elmo_pipeline.bilm' has no attribute {name!r}")

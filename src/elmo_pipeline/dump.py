@@ -1,0 +1,218 @@
+"""dump_weights stage: turn the trained Keras biLM into a bilm-tf/AllenNLP model directory.
+
+Reads ``bilm/train_options.json`` and ``bilm/model.weights.h5`` (written by
+``elmo_pipeline.train``) and writes, each atomically, into ``out_dir``:
+
+``weights.hdf5``
+    bilm-tf layout (ELMO_FORMAT.md section 6), float32, no softmax.
+``options.json``
+    the inference form (section 7): ``char_cnn.n_characters`` 262 in char
+    mode, no ``char_cnn`` in token mode; training keys are kept.
+``vocab.txt``
+    a byte-for-byte copy of the training vocabulary.
+``vocab_embedding.hdf5``
+    dataset ``embedding`` (n_vocab, projection_dim): row i = the token
+    encoder's output for line i of ``vocab.txt`` (section 8).
+
+Configurations that no other tool could load are refused before anything is
+written: ``n_layers < 2`` (bilm-tf then uses other dataset names and
+AllenNLP expects ``MultiRNNCell``), ``projection_dim >= dim`` (no ``W_P_0``),
+``sum(filters) <= projection_dim`` (no ``CNN_proj``).  A model without skip
+connections is *allowed* with a loud warning: bilm-tf and our ``Embedder``
+load it (bilm-tf's own test model has none), only AllenNLP's ``Elmo``
+refuses it.
+
+Keras is imported only after ``KERAS_BACKEND`` is set (from the training
+options' ``backend`` unless the environment already sets it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from elmo_pipeline.common import atomic_path, read_json, setup_logging, write_json
+
+log = logging.getLogger(__name__)
+
+TRAIN_OPTIONS = "train_options.json"
+KERAS_WEIGHTS = "model.weights.h5"
+VOCAB_BATCH = 2048
+
+
+def check_exportable(options: dict[str, Any]) -> list[str]:
+    """Raise ValueError for a model other tools could not load; return warnings for the rest."""
+    lstm = options.get("lstm") or {}
+    problems = []
+    n_layers = int(lstm.get("n_layers", 0))
+    if n_layers < 2:
+        problems.append(
+            f"lstm.n_layers is {n_layers}: bilm-tf names one-layer weights differently and "
+            "AllenNLP cannot load them; use n_layers >= 2"
+        )
+    dim, proj = int(lstm.get("dim", 0)), int(lstm.get("projection_dim", 0))
+    if proj >= dim:
+        problems.append(
+            f"lstm.projection_dim ({proj}) must be smaller than lstm.dim ({dim}): "
+            "bilm-tf writes no W_P_0 otherwise"
+        )
+    from elmo_pipeline.bilm.weights import is_char_model
+
+    if is_char_model(options):
+        n_filters = sum(int(n) for _, n in options["char_cnn"].get("filters", []))
+        if n_filters <= proj:
+            problems.append(
+                f"char_cnn filters sum to {n_filters}, not more than lstm.projection_dim "
+                f"({proj}): the model would have no CNN_proj, which AllenNLP always loads"
+            )
+    if problems:
+        raise ValueError("model cannot be exported to the bilm-tf format: " + "; ".join(problems))
+    warnings = []
+    if not lstm.get("use_skip_connections", False):
+        warnings.append(
+            "lstm.use_skip_connections is false: bilm-tf and elmo_pipeline.Embedder load this "
+            "model, but AllenNLP's Elmo refuses models without skip connections"
+        )
+    return warnings
+
+
+def encode_vocabulary(encoder, vocab: list[str], batch_size: int = VOCAB_BATCH) -> np.ndarray:
+    """Token-encoder output for every vocabulary token, ``(n_vocab, projection_dim)`` float32."""
+    from keras import ops
+
+    from elmo_pipeline.bilm.chars import token_char_ids
+    from elmo_pipeline.bilm.layers import CharCNNEncoder
+    from elmo_pipeline.bilm.weights import variable_to_numpy
+
+    if not isinstance(encoder, CharCNNEncoder):
+        return variable_to_numpy(encoder.embedding)
+    max_chars = encoder.max_characters_per_token
+    rows = []
+    for start in range(0, len(vocab), batch_size):
+        chunk = vocab[start : start + batch_size]
+        ids = np.stack([token_char_ids(t, max_chars) for t in chunk])[:, None, :]
+        rows.append(ops.convert_to_numpy(ops.cast(encoder(ids), "float32"))[:, 0, :])
+    return np.concatenate(rows).astype(np.float32, copy=False)
+
+
+def dump_layers(
+    encoder,
+    lstm,
+    train_options: dict[str, Any],
+    vocab_file: str | os.PathLike,
+    out_dir: str | os.PathLike,
+) -> dict[str, Any]:
+    """Write the four model files from in-memory layers; return a summary."""
+    from elmo_pipeline.bilm.weights import inference_options, save_bilm_tf_weights
+    from elmo_pipeline.vocab import read_vocab
+
+    for warning in check_exportable(train_options):
+        log.warning("WARNING: %s", warning)
+    out_dir = Path(out_dir)
+    vocab = read_vocab(vocab_file)
+    if hasattr(encoder, "n_vocab") and encoder.n_vocab != len(vocab):
+        raise ValueError(
+            f"{vocab_file} has {len(vocab)} tokens but the model's embedding has "
+            f"{encoder.n_vocab} rows: not the vocabulary the model was trained with"
+        )
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_bilm_tf_weights(out_dir / "weights.hdf5", encoder, lstm)
+    write_json(out_dir / "options.json", inference_options(train_options))
+    with atomic_path(out_dir / "vocab.txt") as tmp:
+        shutil.copyfile(vocab_file, tmp)
+    embedding = encode_vocabulary(encoder, vocab)
+    with atomic_path(out_dir / "vocab_embedding.hdf5") as tmp:
+        import h5py
+
+        with h5py.File(tmp, "w") as h5:
+            h5.create_dataset("embedding", data=embedding)
+    summary = {
+        "n_vocab": len(vocab),
+        "projection_dim": int(embedding.shape[1]),
+        "n_weights": int(sum(int(np.prod(v.shape)) for v in [*encoder.weights, *lstm.weights])),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    log.info("dumped model to %s: %s", out_dir, summary)
+    return summary
+
+
+def load_trained_layers(bilm_dir: str | os.PathLike, n_vocab: int):
+    """Rebuild the training model (``bilm.model.build_training_model``) and load its weights."""
+    bilm_dir = Path(bilm_dir)
+    options_path, weights_path = bilm_dir / TRAIN_OPTIONS, bilm_dir / KERAS_WEIGHTS
+    for path in (options_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist (has train_bilm finished?)")
+    train_options = read_json(options_path)
+    check_exportable(train_options)
+    trained_vocab = train_options.get("n_vocab")
+    if trained_vocab is not None and int(trained_vocab) != n_vocab:
+        raise ValueError(
+            f"the vocabulary has {n_vocab} tokens but {options_path} says the model was "
+            f"trained with n_vocab {trained_vocab}: pass the vocab.txt used for training"
+        )
+    from elmo_pipeline.bilm.model import build_training_model
+
+    model = build_training_model(train_options, n_vocab)
+    model.load_weights(weights_path)
+    return model.token_encoder, model.lstm, train_options
+
+
+def dump_model(
+    bilm_dir: str | os.PathLike, vocab_file: str | os.PathLike, out_dir: str | os.PathLike
+) -> dict[str, Any]:
+    """Export ``bilm_dir`` (train_options.json + model.weights.h5) to a bilm-tf model dir."""
+    from elmo_pipeline.vocab import read_vocab
+
+    n_vocab = len(read_vocab(vocab_file))
+    encoder, lstm, train_options = load_trained_layers(bilm_dir, n_vocab)
+    return dump_layers(encoder, lstm, train_options, vocab_file, out_dir)
+
+
+def _set_backend_from_options(bilm_dir: str | os.PathLike) -> None:
+    """Use the backend training used, unless KERAS_BACKEND is already set (before Keras loads)."""
+    path = Path(bilm_dir) / TRAIN_OPTIONS
+    if "KERAS_BACKEND" in os.environ or not path.is_file():
+        return
+    options = read_json(path)
+    backend = options.get("backend") or (options.get("bilm") or {}).get("backend")
+    if backend:
+        os.environ["KERAS_BACKEND"] = str(backend)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m elmo_pipeline.dump",
+        description="Export the trained biLM to weights.hdf5, options.json, vocab.txt, "
+        "vocab_embedding.hdf5 (bilm-tf/AllenNLP format).",
+    )
+    parser.add_argument("--bilm-dir", required=True, help="train_bilm output (results/bilm)")
+    parser.add_argument("--vocab", required=True, help="vocab.txt the model was trained with")
+    parser.add_argument("--out-dir", required=True, help="model directory to write")
+    parser.add_argument(
+        "--settings", default="{}", help="JSON string (unused; accepted for uniformity)"
+    )
+    parser.add_argument("--log", default=None, help="log file")
+    args = parser.parse_args(argv)
+    setup_logging(args.log)
+    json.loads(args.settings)
+    _set_backend_from_options(args.bilm_dir)
+    try:
+        dump_model(args.bilm_dir, args.vocab, args.out_dir)
+    except (FileNotFoundError, ValueError) as error:
+        log.error("%s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
