@@ -102,6 +102,20 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(handle)
 
 
+def parse_settings(text: str) -> dict[str, Any]:
+    """Parse a stage's ``--settings`` (its config sections as one JSON object).
+
+    A malformed value stops the command with a message, not a traceback.
+    """
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"--settings is not valid JSON: {err}") from None
+    if not isinstance(settings, dict):
+        raise SystemExit(f"--settings must be a JSON object, got {text!r}")
+    return settings
+
+
 def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> None:
     """Log to stderr and, when given, to ``log_file`` (the rule's ``log:``)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]

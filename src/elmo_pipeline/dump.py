@@ -29,7 +29,6 @@ options' ``backend`` unless the environment already sets it).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -39,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from elmo_pipeline.common import atomic_path, read_json, setup_logging, write_json
+from elmo_pipeline.common import atomic_path, parse_settings, read_json, setup_logging, write_json
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", default=None, help="log file")
     args = parser.parse_args(argv)
     setup_logging(args.log)
-    json.loads(args.settings)
+    parse_settings(args.settings)
     _set_backend_from_options(args.bilm_dir)
     try:
         dump_model(args.bilm_dir, args.vocab, args.out_dir)

@@ -55,7 +55,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from elmo_pipeline.common import atomic_path, expand_inputs, setup_logging, write_json
+from elmo_pipeline.common import (
+    atomic_path,
+    expand_inputs,
+    parse_settings,
+    setup_logging,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -524,16 +530,6 @@ def iter_pretokenized(paths: Iterable[str | os.PathLike]) -> Iterator[list[str]]
                 yield line.split()
 
 
-def _settings(text: str) -> dict[str, Any]:
-    try:
-        settings = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"--settings is not valid JSON: {err}") from None
-    if not isinstance(settings, dict):
-        raise SystemExit(f"--settings must be a JSON object, got {text!r}")
-    return settings
-
-
 def _embed_settings(settings: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     section = settings.get("embed", {k: v for k, v in settings.items() if k in DEFAULT_SETTINGS})
     unknown = set(section) - set(DEFAULT_SETTINGS)
@@ -633,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log)
-    settings = _settings(args.settings)
+    settings = parse_settings(args.settings)
     embed = _embed_settings(settings, args)
     backend = _backend(settings)
     if backend:

@@ -71,6 +71,7 @@ from elmo_pipeline.common import (
     atomic_open,
     expand_inputs,
     open_binary,
+    parse_settings,
     setup_logging,
     write_json,
 )
@@ -1082,11 +1083,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", default=None, help="log file")
     args = parser.parse_args(argv)
     setup_logging(args.log)
-    try:
-        settings = json.loads(args.settings)
-    except json.JSONDecodeError as error:
-        parser.error(f"--settings is not valid JSON: {error}")
-    if not isinstance(settings, dict) or "corpus" not in settings:
+    settings = parse_settings(args.settings)
+    if "corpus" not in settings:
         parser.error('--settings must be a JSON object with a "corpus" section')
     with contextlib.suppress(AttributeError):
         sys.stderr.reconfigure(line_buffering=True)

@@ -58,7 +58,14 @@ from typing import Any
 
 import numpy as np
 
-from elmo_pipeline.common import atomic_open, expand_inputs, read_json, setup_logging, write_json
+from elmo_pipeline.common import (
+    atomic_open,
+    expand_inputs,
+    parse_settings,
+    read_json,
+    setup_logging,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -732,7 +739,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log)
-    settings = json.loads(args.settings)
+    settings = parse_settings(args.settings)
     backend = settings.get("backend", DEFAULTS["backend"])
     # Keras reads the backend once, at import: set it before anything imports keras.
     os.environ["KERAS_BACKEND"] = backend

@@ -34,7 +34,6 @@ so that a damaged vocabulary fails loudly instead of shifting every id by one.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing
 import os
@@ -52,6 +51,9 @@ from elmo_pipeline.common import (
     open_binary,
     setup_logging,
     write_json,
+)
+from elmo_pipeline.common import (
+    parse_settings as parse_settings_json,
 )
 
 log = logging.getLogger(__name__)
@@ -334,12 +336,7 @@ def vocab_index(tokens: Iterable[str]) -> dict[str, int]:
 
 def parse_settings(text: str) -> dict[str, Any]:
     """Parse ``--settings`` (the ``vocab`` config section as a JSON object)."""
-    try:
-        settings = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"--settings is not valid JSON: {err}") from None
-    if not isinstance(settings, dict):
-        raise SystemExit(f"--settings must be a JSON object, got {text!r}")
+    settings = parse_settings_json(text)
     if "vocab" in settings and isinstance(settings["vocab"], dict):
         settings = settings["vocab"]
     unknown = set(settings) - {"min_count", "max_size"}

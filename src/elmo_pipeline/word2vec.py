@@ -42,7 +42,6 @@ matter (a test checks this).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -55,7 +54,14 @@ import numpy as np
 from gensim.models import KeyedVectors, Word2Vec
 from gensim.models.callbacks import CallbackAny2Vec
 
-from elmo_pipeline.common import atomic_open, atomic_path, expand_inputs, setup_logging, write_json
+from elmo_pipeline.common import (
+    atomic_open,
+    atomic_path,
+    expand_inputs,
+    parse_settings,
+    setup_logging,
+    write_json,
+)
 from elmo_pipeline.vocab import SPECIAL_TOKENS, UNK, iter_shard_lines, read_vocab
 
 log = logging.getLogger(__name__)
@@ -342,14 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", default=None, help="log file")
     args = parser.parse_args(argv)
     setup_logging(args.log)
-    try:
-        settings = json.loads(args.settings)
-    except json.JSONDecodeError as err:
-        log.error("--settings is not valid JSON: %s", err)
-        return 2
-    if not isinstance(settings, dict):
-        log.error("--settings must be a JSON object, got %r", args.settings)
-        return 2
+    settings = parse_settings(args.settings)
     try:
         run_word2vec(
             expand_inputs(args.shards),
