@@ -300,3 +300,17 @@ def test_mixed_precision_computes_in_bfloat16_with_float32_weights_and_loss():
     ids = np.random.default_rng(0).integers(0, 50, size=(2, 2, 5)).astype("int32")
     losses = [float(model.train_on_batch(ids, ids)) for _ in range(2)]
     assert all(math.isfinite(x) and x > 0 for x in losses)
+
+
+def test_resume_fingerprint_follows_upstream_data() -> None:
+    """New word2vec vectors or new shards must not resume the old run's checkpoint."""
+    from elmo_pipeline.train import settings_fingerprint
+
+    base = settings_fingerprint({"n_epochs": 1}, "vocab-sha", 100, 1, "init-a", [10, 20])
+    assert base == settings_fingerprint({"n_epochs": 1}, "vocab-sha", 100, 1, "init-a", [10, 20])
+    assert base != settings_fingerprint({"n_epochs": 1}, "vocab-sha", 100, 1, "init-b", [10, 20])
+    assert base != settings_fingerprint({"n_epochs": 1}, "vocab-sha", 100, 1, "init-a", [10, 21])
+    assert base != settings_fingerprint({"n_epochs": 2}, "vocab-sha", 100, 1, "init-a", [10, 20])
+    assert base == settings_fingerprint(
+        {"n_epochs": 1, "checkpoint_every": 7}, "vocab-sha", 100, 1, "init-a", [10, 20]
+    )

@@ -157,9 +157,19 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def settings_fingerprint(
-    settings: dict[str, Any], vocab_sha256: str, n_train_tokens: int, n_replicas: int
+    settings: dict[str, Any],
+    vocab_sha256: str,
+    n_train_tokens: int,
+    n_replicas: int,
+    init_sha256: str | None = None,
+    shard_sizes: Sequence[int] = (),
 ) -> str:
-    """Hash of everything a checkpoint depends on; resuming requires equality."""
+    """Hash of everything a checkpoint depends on; resuming requires equality.
+
+    The word2vec init matrix and the shard sizes are part of it, so that a
+    rerun caused by new upstream data (say, more word2vec epochs) starts
+    afresh instead of resuming the finished run of the old data.
+    """
     relevant = {k: v for k, v in settings.items() if k not in NOT_FINGERPRINTED}
     blob = json.dumps(
         {
@@ -167,6 +177,8 @@ def settings_fingerprint(
             "vocab": vocab_sha256,
             "n_train_tokens": n_train_tokens,
             "n_replicas": n_replicas,
+            "init": init_sha256,
+            "shard_sizes": list(shard_sizes),
         },
         sort_keys=True,
     )
@@ -546,7 +558,12 @@ def train(
         settings, n_vocab, n_train_tokens, n_replicas, total_steps, steps_epoch, backend
     )
     fingerprint = settings_fingerprint(
-        settings, file_sha256(vocab_file), n_train_tokens, n_replicas
+        settings,
+        file_sha256(vocab_file),
+        n_train_tokens,
+        n_replicas,
+        init_sha256=file_sha256(init_file) if init_file else None,
+        shard_sizes=[os.path.getsize(f) for f in shard_files],
     )
     log.info(
         "biLM: %s input, vocab %d, %d train tokens, %d steps/epoch x %d epochs = %d steps, "
