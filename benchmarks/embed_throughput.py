@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from elmo_pipeline.bilm.options import PUBLISHED_ORIGINAL_OPTIONS
+
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO / "resources" / "wikitext2" / "wiki.valid.tokens.xz"
 
@@ -52,24 +54,7 @@ CHAR_DEMO = {
     "n_characters": 262,
     "max_characters_per_token": 50,
 }
-ORIGINAL = {
-    "lstm": {
-        "use_skip_connections": True,
-        "projection_dim": 512,
-        "cell_clip": 3,
-        "proj_clip": 3,
-        "dim": 4096,
-        "n_layers": 2,
-    },
-    "char_cnn": {
-        "activation": "relu",
-        "filters": [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]],
-        "n_highway": 2,
-        "embedding": {"dim": 16},
-        "n_characters": 262,
-        "max_characters_per_token": 50,
-    },
-}
+ORIGINAL = PUBLISHED_ORIGINAL_OPTIONS
 SIZES = {
     "demo-token": ({"lstm": LSTM_DEMO}, 20_000),
     "demo-char": ({"lstm": LSTM_DEMO, "char_cnn": CHAR_DEMO}, 10_000),

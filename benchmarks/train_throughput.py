@@ -25,25 +25,14 @@ import sys
 import time
 from pathlib import Path
 
+from elmo_pipeline.bilm.options import PUBLISHED_ORIGINAL_OPTIONS
+
 REPO = Path(__file__).resolve().parents[1]
 ORIGINAL = {
     "input": "char",
-    "lstm": {
-        "dim": 4096,
-        "projection_dim": 512,
-        "n_layers": 2,
-        "cell_clip": 3,
-        "proj_clip": 3,
-        "use_skip_connections": True,
-    },
-    "char_cnn": {
-        "activation": "relu",
-        "filters": [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]],
-        "n_highway": 2,
-        "embedding": {"dim": 16},
-        "max_characters_per_token": 50,
-        "n_characters": 261,
-    },
+    # The published model, in its training form (261 characters).
+    "lstm": dict(PUBLISHED_ORIGINAL_OPTIONS["lstm"]),
+    "char_cnn": {**PUBLISHED_ORIGINAL_OPTIONS["char_cnn"], "n_characters": 261},
     "dropout": 0.1,
     "batch_size": 128,
     "unroll_steps": 20,

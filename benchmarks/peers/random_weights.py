@@ -13,6 +13,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from elmo_pipeline.bilm.options import PUBLISHED_ORIGINAL_OPTIONS
+
 DEMO_OPTIONS = {
     "lstm": {
         "use_skip_connections": True,
@@ -32,24 +34,7 @@ DEMO_OPTIONS = {
     },
 }
 
-ORIGINAL_OPTIONS = {
-    "lstm": {
-        "use_skip_connections": True,
-        "projection_dim": 512,
-        "cell_clip": 3,
-        "proj_clip": 3,
-        "dim": 4096,
-        "n_layers": 2,
-    },
-    "char_cnn": {
-        "activation": "relu",
-        "filters": [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]],
-        "n_highway": 2,
-        "embedding": {"dim": 16},
-        "n_characters": 262,
-        "max_characters_per_token": 50,
-    },
-}
+ORIGINAL_OPTIONS = PUBLISHED_ORIGINAL_OPTIONS
 
 
 def random_weights(options: dict, seed: int = 0) -> dict[str, np.ndarray]:
