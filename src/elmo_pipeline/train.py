@@ -12,9 +12,12 @@ What a run does (ELMO_FORMAT.md sections 2, 3 and 5):
   layers' ``keras.ops.scan``), with batches prepared in a background thread.
   Every step's loss is checked: NaN/inf stops the run with an error naming the
   last good checkpoint (a checkpoint is never written from non-finite weights).
-* Data parallel over every visible accelerator on JAX
-  (``keras.distribution.DataParallel``; ``batch_size`` is per replica as in
-  bilm-tf).  TensorFlow trains on one device.
+* Data parallel over every visible accelerator (``batch_size`` is per
+  replica as in bilm-tf): ``keras.distribution.DataParallel`` on JAX, a
+  ``tf.distribute.MirroredStrategy`` over the GPUs on TensorFlow (each replica
+  gets a contiguous block of rows and carries its rows' LSTM state; the
+  environment variable ``ELMO_TF_LOGICAL_CPUS=N``, a testing knob, splits the
+  CPU into N logical devices to exercise it without GPUs).
 * ``history.csv``: ``step, epoch, run, tokens_per_s, train_loss`` (mean sampled
   loss since the previous row), and on each epoch's last step
   ``heldout_ppl_fwd, heldout_ppl_bwd, heldout_ppl`` = exp(mean full-softmax
@@ -243,36 +246,88 @@ def read_init_embedding(init_file: str | os.PathLike, n_vocab: int, projection_d
 # Backend setup
 
 
-def setup_backend(seed: int, threads: int | None = None) -> tuple[str, int]:
+#: Testing knob: split the CPU into this many logical TensorFlow devices and train
+#: data parallel over them (how the tests exercise the TF strategy without GPUs).
+TF_LOGICAL_CPUS_ENV = "ELMO_TF_LOGICAL_CPUS"
+
+
+def setup_backend(seed: int, threads: int | None = None) -> tuple[str, int, Any]:
     """Seed everything, make TF ops deterministic, set up data parallelism.
 
-    Returns (backend name, number of replicas).
+    Returns (backend name, number of replicas, TF distribute strategy or None).
+    On JAX, more than one device sets ``keras.distribution.DataParallel``; on
+    TensorFlow, more than one GPU (or ``ELMO_TF_LOGICAL_CPUS`` > 1) gives a
+    ``tf.distribute.MirroredStrategy`` to build and train the model in.
     """
     import keras
 
     backend = keras.backend.backend()
-    keras.utils.set_random_seed(int(seed))
+    strategy = None
     n_replicas = 1
     if backend == "tensorflow":
         import tensorflow as tf
 
+        devices = tf_training_devices(tf)
+        keras.utils.set_random_seed(int(seed))
         tf.config.experimental.enable_op_determinism()
         if threads:
             with contextlib.suppress(RuntimeError):
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
-        if len(tf.config.list_physical_devices("GPU")) > 1:
-            log.warning(
-                "TensorFlow backend trains on one GPU; use bilm.backend: jax for data parallel"
-            )
+        if len(devices) > 1:
+            strategy = tf.distribute.MirroredStrategy(devices)
+            n_replicas = strategy.num_replicas_in_sync
+            log.info("data parallel over %d devices: %s", n_replicas, ", ".join(devices))
     elif backend == "jax":
         import jax
 
+        keras.utils.set_random_seed(int(seed))
         devices = jax.devices()
         if len(devices) > 1:
             keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
             n_replicas = len(devices)
             log.info("data parallel over %d %s devices", n_replicas, devices[0].platform)
-    return backend, n_replicas
+    else:
+        keras.utils.set_random_seed(int(seed))
+    return backend, n_replicas, strategy
+
+
+def tf_training_devices(tf) -> list[str]:
+    """Names of the TF devices to train on: every GPU, else ``ELMO_TF_LOGICAL_CPUS`` CPUs.
+
+    The logical CPUs must be configured before TensorFlow initialises its
+    devices, so this runs first in ``setup_backend``.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return [device.name for device in tf.config.list_logical_devices("GPU")]
+    n_cpus = int(os.environ.get(TF_LOGICAL_CPUS_ENV) or 1)
+    if n_cpus > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        with contextlib.suppress(RuntimeError):  # already initialised: keep what is there
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * n_cpus
+            )
+    return [device.name for device in tf.config.list_logical_devices("CPU")][: max(1, n_cpus)]
+
+
+def split_batch_per_replica(strategy, array: np.ndarray):
+    """Batch-major ``array`` as per-replica values: contiguous row blocks in replica order.
+
+    Keras' TF ``train_on_batch`` hands a plain array whole to every replica;
+    per-replica values make each replica train on its own rows (the block
+    ``replica_rows`` in ``bilm/model.py`` expects).
+    """
+    if strategy is None:
+        return array
+    import tensorflow as tf
+
+    rows = array.shape[0] // strategy.num_replicas_in_sync
+
+    def block(context):
+        start = context.replica_id_in_sync_group * rows
+        return tf.constant(array[start : start + rows])
+
+    return strategy.experimental_distribute_values_from_function(block)
 
 
 # --------------------------------------------------------------------------------------------
@@ -547,7 +602,7 @@ def train(
     n_vocab = len(vocab)
     n_train_tokens = read_n_train_tokens(vocab_stats_file)
     shard_files = [str(p) for p in expand_inputs([str(s) for s in shard_files])]
-    backend, n_replicas = setup_backend(settings["seed"], threads)
+    backend, n_replicas, strategy = setup_backend(settings["seed"], threads)
     if backend != settings["backend"]:
         log.warning("settings ask for backend %s, Keras runs %s", settings["backend"], backend)
     batch_size, unroll = int(settings["batch_size"]), int(settings["unroll_steps"])
@@ -587,14 +642,15 @@ def train(
         init_embedding = read_init_embedding(
             init_file, n_vocab, int(settings["lstm"]["projection_dim"])
         )
-    model = build_training_model(options, n_vocab, init_embedding=init_embedding)
-    optimizer = keras.optimizers.Adagrad(
-        learning_rate=float(settings["learning_rate"]),
-        initial_accumulator_value=1.0,
-        global_clipnorm=float(settings["all_clip_norm_val"]),
-    )
-    model.compile(optimizer=optimizer, jit_compile=backend == "jax")
-    optimizer.build(model.trainable_variables)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_training_model(options, n_vocab, init_embedding=init_embedding)
+        optimizer = keras.optimizers.Adagrad(
+            learning_rate=float(settings["learning_rate"]),
+            initial_accumulator_value=1.0,
+            global_clipnorm=float(settings["all_clip_norm_val"]),
+        )
+        model.compile(optimizer=optimizer, jit_compile=backend == "jax")
+        optimizer.build(model.trainable_variables)
 
     batcher = BiLMBatcher(
         shard_files,
@@ -647,7 +703,10 @@ def train(
         while step < total_steps:
             batch, data_state = prefetcher.get()
             loss = float(
-                model.train_on_batch(batch_major(batch.inputs), batch_major(batch.targets))
+                model.train_on_batch(
+                    split_batch_per_replica(strategy, batch_major(batch.inputs)),
+                    split_batch_per_replica(strategy, batch_major(batch.targets)),
+                )
             )
             if not math.isfinite(loss):
                 raise TrainingDivergedError(

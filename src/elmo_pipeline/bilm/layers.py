@@ -26,6 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from elmo_pipeline.bilm import replicas
 from elmo_pipeline.bilm.chars import N_TRAIN_CHARACTERS
 
 #: The published "original" model's filters (options.json of section 7).
@@ -414,7 +415,7 @@ class BiLSTMStack(keras.layers.Layer):
         outputs, final_state = [], []
         for layer in range(self.n_layers):
             if training and self.dropout > 0:
-                x = keras.random.dropout(x, self.dropout, seed=self.seed_generator)
+                x = replicas.dropout(x, self.dropout, self.seed_generator)  # [2, B, T, D]
             out, state = self._run_layer(layer, x, initial_state[layer], lengths)
             if self.use_skip_connections and layer > 0:
                 out = out + _f32(x)  # bilm-tf: ResidualWrapper inside DropoutWrapper

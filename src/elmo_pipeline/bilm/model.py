@@ -15,7 +15,9 @@ training call starts from them and writes its final state back, so row i of
 the next batch continues row i.  Gradients stop at the batch boundary because a
 variable's value is a constant to the gradient.  This works unchanged under
 TensorFlow and under Keras' stateless JAX trainer (non-trainable updates are
-returned from ``stateless_call``).
+returned from ``stateless_call``).  Under a TF ``MirroredStrategy`` the
+variables keep the global batch's rows; each replica reads and writes its own
+contiguous block of them (``bilm/replicas.py``).
 
 The loss (``compute_loss``) is the sampled softmax of ``softmax.py``, mean over
 all tokens of both directions (= mean of the two directions' means, since both
@@ -35,6 +37,13 @@ from keras import ops
 
 from elmo_pipeline.bilm.chars import N_TRAIN_CHARACTERS
 from elmo_pipeline.bilm.layers import BiLSTMStack, CharCNNEncoder, TokenEncoder
+from elmo_pipeline.bilm.replicas import (
+    all_replica_rows,
+    dropout,
+    replica_rows,
+    scale_loss_for_replicas,
+    tf_replica_context,
+)
 from elmo_pipeline.bilm.softmax import LogUniformSampler, full_softmax_nll, sampled_softmax_nll
 
 
@@ -144,6 +153,7 @@ class BiLM(keras.Model):
                 initializer="zeros",
                 trainable=False,
                 dtype="float32",
+                aggregation="only_first_replica",
             )
             for layer in range(self.n_layers)
         ]
@@ -154,6 +164,7 @@ class BiLM(keras.Model):
                 initializer="zeros",
                 trainable=False,
                 dtype="float32",
+                aggregation="only_first_replica",
             )
             for layer in range(self.n_layers)
         ]
@@ -206,18 +217,22 @@ class BiLM(keras.Model):
         )
         top = outputs[-1]
         if training and self.dropout_rate > 0:
-            top = keras.random.dropout(top, self.dropout_rate, seed=self.dropout_seed)
+            top = dropout(top, self.dropout_rate, self.dropout_seed)  # [2, B, T, P]
         return top, final_state
 
     def call(self, inputs, training=False):
         """Batch-major inputs; starts from and updates the carried state; returns the top
         output ``[2, B, T, P]``."""
         x = ops.moveaxis(inputs, 1, 0)
-        state = [(c, h) for c, h in zip(self.state_c, self.state_h, strict=True)]
+        replica = tf_replica_context()
+        state = [
+            (replica_rows(c, replica), replica_rows(h, replica))
+            for c, h in zip(self.state_c, self.state_h, strict=True)
+        ]
         top, final_state = self.forward(x, state, training=training)
         for (c, h), var_c, var_h in zip(final_state, self.state_c, self.state_h, strict=True):
-            var_c.assign(ops.cast(c, "float32"))
-            var_h.assign(ops.cast(h, "float32"))
+            var_c.assign(all_replica_rows(ops.cast(c, "float32"), replica))
+            var_h.assign(all_replica_rows(ops.cast(h, "float32"), replica))
         return top
 
     # -- losses -------------------------------------------------------------------------------
@@ -233,7 +248,9 @@ class BiLM(keras.Model):
             self.sampler.sample(),
             self.sampler.log_q,
         )
-        return ops.mean(nll)
+        # Under a tf.distribute strategy the replicas' gradients are summed: each
+        # contributes its share of the global mean (Keras' own losses do the same).
+        return scale_loss_for_replicas(ops.mean(nll))
 
     def heldout_nll(self, inputs, targets, weights, initial_state):
         """Full-softmax summed NLL and pair count per direction, plus the final state.
