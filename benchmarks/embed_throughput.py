@@ -33,27 +33,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from elmo_pipeline.bilm.options import PUBLISHED_ORIGINAL_OPTIONS
+from elmo_pipeline.bilm.options import DEMO_CHAR_OPTIONS, PUBLISHED_ORIGINAL_OPTIONS
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO / "resources" / "wikitext2" / "wiki.valid.tokens.xz"
 
-LSTM_DEMO = {
-    "dim": 256,
-    "projection_dim": 64,
-    "n_layers": 2,
-    "cell_clip": 3,
-    "proj_clip": 3,
-    "use_skip_connections": True,
-}
-CHAR_DEMO = {
-    "activation": "relu",
-    "filters": [[1, 32], [2, 32], [3, 64], [4, 128]],
-    "n_highway": 1,
-    "embedding": {"dim": 16},
-    "n_characters": 262,
-    "max_characters_per_token": 50,
-}
+LSTM_DEMO = DEMO_CHAR_OPTIONS["lstm"]
+CHAR_DEMO = DEMO_CHAR_OPTIONS["char_cnn"]
 ORIGINAL = PUBLISHED_ORIGINAL_OPTIONS
 SIZES = {
     "demo-token": ({"lstm": LSTM_DEMO}, 20_000),

@@ -13,26 +13,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from elmo_pipeline.bilm.options import PUBLISHED_ORIGINAL_OPTIONS
+from elmo_pipeline.bilm.options import DEMO_CHAR_OPTIONS, PUBLISHED_ORIGINAL_OPTIONS
 
-DEMO_OPTIONS = {
-    "lstm": {
-        "use_skip_connections": True,
-        "projection_dim": 64,
-        "cell_clip": 3,
-        "proj_clip": 3,
-        "dim": 256,
-        "n_layers": 2,
-    },
-    "char_cnn": {
-        "activation": "relu",
-        "filters": [[1, 32], [2, 32], [3, 64], [4, 128]],
-        "n_highway": 1,
-        "embedding": {"dim": 16},
-        "n_characters": 262,
-        "max_characters_per_token": 50,
-    },
-}
+DEMO_OPTIONS = DEMO_CHAR_OPTIONS
 
 ORIGINAL_OPTIONS = PUBLISHED_ORIGINAL_OPTIONS
 

@@ -146,27 +146,10 @@ class BiLM(keras.Model):
         self.softmax_b = self.add_weight(
             name="softmax_b", shape=(self.n_vocab,), initializer="zeros", dtype="float32"
         )
-        self.state_c = [
-            self.add_weight(
-                name=f"lstm_state_c_{layer}",
-                shape=(2, self.batch_size, self.dim),
-                initializer="zeros",
-                trainable=False,
-                dtype="float32",
-                aggregation="only_first_replica",
-            )
-            for layer in range(self.n_layers)
-        ]
+        layers = range(self.n_layers)
+        self.state_c = [self._carried_state(f"lstm_state_c_{i}", self.dim) for i in layers]
         self.state_h = [
-            self.add_weight(
-                name=f"lstm_state_h_{layer}",
-                shape=(2, self.batch_size, self.projection_dim),
-                initializer="zeros",
-                trainable=False,
-                dtype="float32",
-                aggregation="only_first_replica",
-            )
-            for layer in range(self.n_layers)
+            self._carried_state(f"lstm_state_h_{i}", self.projection_dim) for i in layers
         ]
         self.sample_seed = keras.random.SeedGenerator(seed, name="sampler_seed")
         self.dropout_seed = keras.random.SeedGenerator(
@@ -197,6 +180,21 @@ class BiLM(keras.Model):
         """Create every variable (one call on a dummy batch), then zero the carried state."""
         self(self.example_inputs(), training=False)
         self.reset_lstm_state()
+
+    def _carried_state(self, name: str, width: int):
+        """A ``[2, B, width]`` variable holding one layer's state between batches.
+
+        Not trained; under a TF MirroredStrategy it keeps the global batch's rows
+        and only the first replica's (all-gathered) write is kept.
+        """
+        return self.add_weight(
+            name=name,
+            shape=(2, self.batch_size, width),
+            initializer="zeros",
+            trainable=False,
+            dtype="float32",
+            aggregation="only_first_replica",
+        )
 
     def reset_lstm_state(self) -> None:
         for var in self.state_c + self.state_h:
