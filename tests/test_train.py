@@ -19,8 +19,9 @@ import keras
 import numpy as np
 import pytest
 
+from elmo_pipeline.bilm.checkpoints import find_resumable
 from elmo_pipeline.bilm.model import build_training_model
-from elmo_pipeline.train import find_resumable, main, train
+from elmo_pipeline.train import main, train
 
 pytestmark = pytest.mark.keras
 

@@ -1,80 +1,72 @@
 """Stage ``train_bilm``: train the biLM on the training shards (Keras 3, TF or JAX).
 
-What a run does (ELMO_FORMAT.md sections 2, 3 and 5):
+What a run does (docs/training.md):
 
-* ``steps_per_epoch = n_train_tokens // (batch_size * unroll_steps * n_replicas)``
-  (at least 1) with ``n_train_tokens`` read from ``vocab/stats.json``, for
-  ``n_epochs`` epochs; bilm-tf batches (``bilm/data.py``) with the LSTM state
-  carried across batches; sampled-softmax loss; Adagrad (initial accumulator
-  1.0) with a global gradient-norm clip.
-* One Python loop around ``model.train_on_batch`` (compiled once: XLA on JAX;
-  a TF graph on TensorFlow, whose XLA cannot compile the gradient of the
-  layers' ``keras.ops.scan``), with batches prepared in a background thread.
-  Every step's loss is checked: NaN/inf stops the run with an error naming the
-  last good checkpoint (a checkpoint is never written from non-finite weights).
-* Data parallel over every visible accelerator (``batch_size`` is per
-  replica as in bilm-tf): ``keras.distribution.DataParallel`` on JAX, a
+* The plan (``TrainingPlan``): ``steps_per_epoch = n_train_tokens //
+  (batch_size * unroll_steps * n_replicas)`` (at least 1) with ``n_train_tokens``
+  read from ``vocab/stats.json``, for ``n_epochs`` epochs, and a fingerprint of
+  everything the run depends on (settings, vocabulary, word2vec init, shards).
+* The run (``TrainingRun``): bilm-tf batches (``bilm/data.py``, prepared in a
+  background thread) with the LSTM state carried across batches; sampled-softmax
+  loss differentiated as bilm-tf does (``unroll_steps`` x the mean); bilm-tf's
+  Adagrad by default, Adam/AdamW with warm-up and decay as options
+  (``bilm/optimizers.py``); one Python loop around ``model.train_on_batch``
+  (XLA on JAX; a TF graph on TensorFlow, whose XLA cannot compile the gradient
+  of ``keras.ops.scan``).
+* Data parallel over every visible accelerator (``batch_size`` is per replica
+  as in bilm-tf): ``keras.distribution.DataParallel`` on JAX, a
   ``tf.distribute.MirroredStrategy`` over the GPUs on TensorFlow (each replica
   gets a contiguous block of rows and carries its rows' LSTM state; the
   environment variable ``ELMO_TF_LOGICAL_CPUS=N``, a testing knob, splits the
   CPU into N logical devices to exercise it without GPUs).
-* ``history.csv``: ``step, epoch, run, tokens_per_s, train_loss`` (mean sampled
-  loss since the previous row), and on each epoch's last step
-  ``heldout_ppl_fwd, heldout_ppl_bwd, heldout_ppl`` = exp(mean full-softmax
-  cross-entropy) on ``heldout.txt`` in the *streaming protocol*: the held-out
-  sentences in file order, bilm-tf batching (same ``unroll_steps``), state
-  carried from zero, every (input, target) pair counted once (n+1 per
-  sentence per direction); ``heldout_ppl`` is the mean of the two directions'
-  perplexities.  ``run`` counts resumes (0 for the first start).
-* Checkpoints in ``checkpoints/ckpt-NNNNNNNNN/`` every ``checkpoint_every``
-  steps and at the end (all model variables incl. carried state and RNG
-  states, optimizer state, step, data-stream position, history, settings
-  fingerprint); written to a temporary directory and renamed; the last 2
-  kept.  At start the newest checkpoint whose fingerprint (settings except
-  ``checkpoint_every``, vocabulary, ``n_train_tokens``, replicas) matches is
-  resumed, so a killed run started again ends at the same step; a mismatch
-  moves ``checkpoints/`` aside with a warning and starts fresh.
-* At the end: ``model.weights.h5`` (Keras weights of ``build_training_model``)
-  and ``train_options.json`` (options.json form, ``n_characters`` 261, plus the
-  training settings).
+* Watching it (``bilm/monitoring.py``): ``history.csv`` rows ``step, epoch,
+  run, elapsed_s, tokens_per_s, learning_rate, train_loss`` and, on each epoch's
+  last step, ``heldout_ppl_fwd, heldout_ppl_bwd, heldout_ppl``: held-out
+  perplexity as bilm-tf's ``run_test.py`` computes it (``bilm/heldout.py``: one
+  stream per direction, full softmax, ``heldout_ppl`` the geometric mean).  A
+  divergence guard stops the run, naming the last good checkpoint, when the loss
+  or the held-out perplexity is non-finite or far above its running level;
+  nothing is then written under the final names, so nothing gets dumped.
+* Checkpoints (``bilm/checkpoints.py``) in ``checkpoints/ckpt-NNNNNNNNN/`` every
+  ``checkpoint_every`` steps and at the end (every variable incl. carried state,
+  RNG states and optimizer state; data-stream position, history, fingerprint);
+  ``checkpoints/best/`` is the epoch end with the lowest held-out perplexity.  At
+  start the newest checkpoint with the same fingerprint is resumed, so a killed
+  run started again ends at the same step with the same losses.
+* At the end: ``model.weights.h5`` (the best epoch by default, ``final_weights:
+  last`` for the last step), ``train_options.json`` (options.json form,
+  ``n_characters`` 261, plus the training settings) and ``history.csv``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
 import hashlib
-import importlib.util
 import json
 import logging
-import math
 import os
-import queue
 import shutil
-import tempfile
-import threading
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from elmo_pipeline.bilm.monitoring import TrainingDivergedError
 from elmo_pipeline.common import (
-    atomic_open,
     expand_inputs,
     parse_settings,
     read_json,
     setup_logging,
-    write_json,
 )
 
 log = logging.getLogger(__name__)
 
+#: Defaults of the ``bilm`` settings; config/schema.yaml holds the same (a test compares them).
 DEFAULTS: dict[str, Any] = {
     "backend": "tensorflow",
-    "input": "char",
+    "input": "token",
     "token_init": "word2vec",
     "share_embedding_softmax": False,
     "dropout": 0.1,
@@ -82,31 +74,23 @@ DEFAULTS: dict[str, Any] = {
     "unroll_steps": 20,
     "n_epochs": 10,
     "n_negative_samples_batch": 8192,
-    "learning_rate": 0.2,
+    "optimizer": "adagrad",
+    "learning_rate": None,
+    "warmup_steps": 0,
+    "decay": "cosine",
+    "weight_decay": 0.01,
     "all_clip_norm_val": 10.0,
+    "divergence_factor": 5.0,
+    "final_weights": "best",
     "mixed_precision": False,
     "checkpoint_every": 1000,
     "seed": 1,
 }
 #: Settings that do not change what is trained (not part of the resume fingerprint).
-NOT_FINGERPRINTED = ("checkpoint_every",)
-HISTORY_COLUMNS = [
-    "step",
-    "epoch",
-    "run",
-    "tokens_per_s",
-    "train_loss",
-    "heldout_ppl_fwd",
-    "heldout_ppl_bwd",
-    "heldout_ppl",
-]
-KEEP_CHECKPOINTS = 2
-#: Largest full-softmax logits block (floats) one held-out batch may create.
-EVAL_LOGITS_BUDGET = 32_000_000
-
-
-class TrainingDivergedError(FloatingPointError):
-    """The loss or the weights became NaN/inf."""
+NOT_FINGERPRINTED = ("checkpoint_every", "divergence_factor", "final_weights")
+#: Bumped when the training rule itself changes (v2: bilm-tf's loss scaling), so that
+#: checkpoints of an older rule are never resumed.
+TRAINING_RULE_VERSION = 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,6 +115,19 @@ def complete_settings(settings: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"bilm.{key} must be >= 1, got {full[key]!r}")
     if int(full["checkpoint_every"]) < 1:
         raise ValueError(f"bilm.checkpoint_every must be >= 1, got {full['checkpoint_every']!r}")
+    choices = {
+        "optimizer": ("adagrad", "adam", "adamw"),
+        "decay": ("cosine", "linear", "none"),
+        "final_weights": ("best", "last"),
+    }
+    for key, allowed in choices.items():
+        if full[key] not in allowed:
+            raise ValueError(f"bilm.{key} must be one of {', '.join(allowed)}, got {full[key]!r}")
+    if full["learning_rate"] is not None and float(full["learning_rate"]) <= 0:
+        raise ValueError(f"bilm.learning_rate must be > 0, got {full['learning_rate']!r}")
+    factor = full["divergence_factor"]
+    if factor is not None and float(factor) <= 1:
+        raise ValueError(f"bilm.divergence_factor must be > 1 or null, got {factor!r}")
     return full
 
 
@@ -182,6 +179,7 @@ def settings_fingerprint(
             "n_replicas": n_replicas,
             "init": init_sha256,
             "shard_sizes": list(shard_sizes),
+            "training_rule": TRAINING_RULE_VERSION,
         },
         sort_keys=True,
     )
@@ -198,6 +196,8 @@ def make_train_options(
     backend: str,
 ) -> dict[str, Any]:
     """``train_options.json``: options.json form (n_characters 261) + training settings."""
+    from elmo_pipeline.bilm.optimizers import learning_rate
+
     options: dict[str, Any] = {"lstm": dict(settings["lstm"])}
     if settings["input"] == "char":
         options["char_cnn"] = {**settings["char_cnn"], "n_characters": 261}
@@ -216,7 +216,10 @@ def make_train_options(
         steps=steps,
         dropout=float(settings["dropout"]),
         n_negative_samples_batch=int(settings["n_negative_samples_batch"]),
-        learning_rate=float(settings["learning_rate"]),
+        optimizer=settings["optimizer"],
+        learning_rate=learning_rate(settings),
+        warmup_steps=int(settings["warmup_steps"]),
+        decay=settings["decay"],
         all_clip_norm_val=float(settings["all_clip_norm_val"]),
         mixed_precision=bool(settings["mixed_precision"]),
         seed=settings["seed"],
@@ -243,335 +246,102 @@ def read_init_embedding(init_file: str | os.PathLike, n_vocab: int, projection_d
 
 
 # --------------------------------------------------------------------------------------------
-# Backend setup
+# The training plan
 
 
-#: Testing knob: split the CPU into this many logical TensorFlow devices and train
-#: data parallel over them (how the tests exercise the TF strategy without GPUs).
-TF_LOGICAL_CPUS_ENV = "ELMO_TF_LOGICAL_CPUS"
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How long a run is and what identifies it (everything decided before the first step)."""
 
+    settings: dict[str, Any]
+    n_vocab: int
+    n_train_tokens: int
+    n_replicas: int
+    backend: str
+    steps_per_epoch: int
+    total_steps: int
+    fingerprint: str
 
-def setup_backend(seed: int, threads: int | None = None) -> tuple[str, int, Any]:
-    """Seed everything, make TF ops deterministic, set up data parallelism.
+    @property
+    def batch_size(self) -> int:
+        return int(self.settings["batch_size"])
 
-    Returns (backend name, number of replicas, TF distribute strategy or None).
-    On JAX, more than one device sets ``keras.distribution.DataParallel``; on
-    TensorFlow, more than one GPU (or ``ELMO_TF_LOGICAL_CPUS`` > 1) gives a
-    ``tf.distribute.MirroredStrategy`` to build and train the model in.
-    """
-    import keras
+    @property
+    def unroll_steps(self) -> int:
+        return int(self.settings["unroll_steps"])
 
-    backend = keras.backend.backend()
-    strategy = None
-    n_replicas = 1
-    if backend == "tensorflow":
-        import tensorflow as tf
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.n_replicas * self.unroll_steps
 
-        devices = tf_training_devices(tf)
-        keras.utils.set_random_seed(int(seed))
-        tf.config.experimental.enable_op_determinism()
-        if threads:
-            with contextlib.suppress(RuntimeError):
-                tf.config.threading.set_intra_op_parallelism_threads(threads)
-        if len(devices) > 1:
-            strategy = tf.distribute.MirroredStrategy(devices)
-            n_replicas = strategy.num_replicas_in_sync
-            log.info("data parallel over %d devices: %s", n_replicas, ", ".join(devices))
-    elif backend == "jax":
-        import jax
+    def epoch_of(self, step: int) -> int:
+        """1-based epoch of a 1-based step."""
+        return (step - 1) // self.steps_per_epoch + 1
 
-        keras.utils.set_random_seed(int(seed))
-        devices = jax.devices()
-        if len(devices) > 1:
-            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-            n_replicas = len(devices)
-            log.info("data parallel over %d %s devices", n_replicas, devices[0].platform)
-    else:
-        keras.utils.set_random_seed(int(seed))
-    return backend, n_replicas, strategy
-
-
-def tf_training_devices(tf) -> list[str]:
-    """Names of the TF devices to train on: every GPU, else ``ELMO_TF_LOGICAL_CPUS`` CPUs.
-
-    The logical CPUs must be configured before TensorFlow initialises its
-    devices, so this runs first in ``setup_backend``.
-    """
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        return [device.name for device in tf.config.list_logical_devices("GPU")]
-    n_cpus = int(os.environ.get(TF_LOGICAL_CPUS_ENV) or 1)
-    if n_cpus > 1:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        with contextlib.suppress(RuntimeError):  # already initialised: keep what is there
-            tf.config.set_logical_device_configuration(
-                cpu, [tf.config.LogicalDeviceConfiguration()] * n_cpus
-            )
-    return [device.name for device in tf.config.list_logical_devices("CPU")][: max(1, n_cpus)]
-
-
-def split_batch_per_replica(strategy, array: np.ndarray):
-    """Batch-major ``array`` as per-replica values: contiguous row blocks in replica order.
-
-    Keras' TF ``train_on_batch`` hands a plain array whole to every replica;
-    per-replica values make each replica train on its own rows (the block
-    ``replica_rows`` in ``bilm/model.py`` expects).
-    """
-    if strategy is None:
-        return array
-    import tensorflow as tf
-
-    rows = array.shape[0] // strategy.num_replicas_in_sync
-
-    def block(context):
-        start = context.replica_id_in_sync_group * rows
-        return tf.constant(array[start : start + rows])
-
-    return strategy.experimental_distribute_values_from_function(block)
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def list_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """Complete checkpoints (``meta.json`` present), oldest first."""
-    if not ckpt_dir.is_dir():
-        return []
-    found = [p for p in ckpt_dir.glob("ckpt-*") if (p / "meta.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def weights_are_finite(model) -> bool:
-    return all(
-        np.isfinite(np.asarray(v.numpy(), dtype=np.float32)).all()
-        for v in model.trainable_variables
-    )
-
-
-def save_checkpoint(ckpt_dir: Path, model, optimizer, meta: dict[str, Any]) -> Path:
-    """Write ``ckpt-<step>/`` atomically (temp dir + rename); keep the newest two."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    final = ckpt_dir / f"ckpt-{meta['step']:09d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=ckpt_dir))
-    try:
-        arrays = {f"model_{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(model.variables)}
-        arrays.update(
-            {f"opt_{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)}
+    def train_options(self) -> dict[str, Any]:
+        return make_train_options(
+            self.settings,
+            self.n_vocab,
+            self.n_train_tokens,
+            self.n_replicas,
+            self.total_steps,
+            self.steps_per_epoch,
+            self.backend,
         )
-        np.savez(tmp / "variables.npz", **arrays)
-        meta = {
-            **meta,
-            "model_variables": [v.path for v in model.variables],
-            "optimizer_variables": [v.path for v in optimizer.variables],
-        }
-        with open(tmp / "meta.json", "w", encoding="utf-8") as handle:
-            json.dump(meta, handle, ensure_ascii=False)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for old in list_checkpoints(ckpt_dir)[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
-def load_checkpoint(path: Path, model, optimizer) -> dict[str, Any]:
-    """Assign a checkpoint's variables (checked by count and shape); return its meta."""
-    with open(path / "meta.json", encoding="utf-8") as handle:
-        meta = json.load(handle)
-    with np.load(path / "variables.npz") as arrays:
-        for prefix, variables in (("model", model.variables), ("opt", optimizer.variables)):
-            keys = sorted(k for k in arrays.files if k.startswith(prefix + "_"))
-            if len(keys) != len(variables):
-                raise ValueError(
-                    f"{path}: {len(keys)} {prefix} variables stored, the model has {len(variables)}"
-                )
-            for key, var in zip(keys, variables, strict=True):
-                value = arrays[key]
-                if tuple(value.shape) != tuple(var.shape):
-                    raise ValueError(
-                        f"{path}: {key} has shape {value.shape}, {var.path} {var.shape}"
-                    )
-                var.assign(value)
-    return meta
-
-
-def find_resumable(ckpt_dir: Path, fingerprint: str) -> Path | None:
-    """Newest checkpoint with this fingerprint; a mismatch moves the directory aside."""
-    checkpoints = list_checkpoints(ckpt_dir)
-    if not checkpoints:
-        return None
-    latest = checkpoints[-1]
-    stored = read_json(latest / "meta.json").get("fingerprint")
-    if stored == fingerprint:
-        return latest
-    aside = ckpt_dir.with_name(f"{ckpt_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-    log.warning(
-        "checkpoint %s was made with other settings/vocabulary (fingerprint %s, now %s); "
-        "moving %s to %s and starting fresh",
-        latest,
-        stored,
-        fingerprint,
-        ckpt_dir,
-        aside,
+def make_plan(
+    settings: dict[str, Any],
+    vocab_file: str | os.PathLike,
+    n_vocab: int,
+    n_train_tokens: int,
+    shard_files: Sequence[str],
+    init_file: str | os.PathLike | None,
+    n_replicas: int,
+    backend: str,
+) -> TrainingPlan:
+    batch, unroll = int(settings["batch_size"]), int(settings["unroll_steps"])
+    steps_epoch = steps_per_epoch(n_train_tokens, batch, unroll, n_replicas)
+    fingerprint = settings_fingerprint(
+        settings,
+        file_sha256(vocab_file),
+        n_train_tokens,
+        n_replicas,
+        init_sha256=file_sha256(init_file) if init_file else None,
+        shard_sizes=[os.path.getsize(f) for f in shard_files],
     )
-    os.replace(ckpt_dir, aside)
-    return None
-
-
-# --------------------------------------------------------------------------------------------
-# Data feeding
-
-
-class Prefetcher:
-    """Prepare batches in a background thread; each comes with the stream state after it."""
-
-    def __init__(self, batcher, depth: int = 4) -> None:
-        self.batcher = batcher
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="bilm-batches")
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self.stop.is_set():
-                batch = self.batcher.next_batch()
-                item = (batch, self.batcher.state_dict())
-                while not self.stop.is_set():
-                    try:
-                        self.queue.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-        except BaseException as err:  # surfaced in get()
-            self.queue.put((err, None))
-
-    def get(self):
-        batch, state = self.queue.get()
-        if isinstance(batch, BaseException):
-            raise batch
-        return batch, state
-
-    def close(self) -> None:
-        self.stop.set()
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self.queue.get_nowait()
-        self.thread.join(timeout=5)
-
-
-def batch_major(array: np.ndarray) -> np.ndarray:
-    """``[2, B, ...]`` -> ``[B, 2, ...]`` (what the model and the data sharding expect)."""
-    return np.ascontiguousarray(np.moveaxis(array, 0, 1))
-
-
-# --------------------------------------------------------------------------------------------
-# Held-out perplexity
-
-
-#: One compiled scorer per model (a built Keras model cannot take new attributes).
-_SCORERS: dict[int, Any] = {}
-
-
-def heldout_perplexity(
-    model, heldout_file: str | os.PathLike, vocab: Sequence[str], unroll_steps: int, n_replicas: int
-) -> tuple[float, float]:
-    """Full-softmax perplexity (forward, backward) on held-out text, streaming protocol."""
-    import keras
-
-    from elmo_pipeline.bilm.data import BiLMBatcher
-    from elmo_pipeline.bilm.model import HeldoutScorer
-
-    rows = EVAL_LOGITS_BUDGET // (2 * unroll_steps * max(1, model.n_vocab))
-    rows = max(1, min(model.batch_size, rows))
-    rows = n_replicas * math.ceil(rows / n_replicas)
-    scorer = _SCORERS.get(id(model))
-    if scorer is None or scorer.bilm is not model:
-        scorer = HeldoutScorer(model)
-        scorer.compile(jit_compile=keras.backend.backend() == "jax")
-        _SCORERS[id(model)] = scorer
-    batcher = BiLMBatcher(
-        [heldout_file],
-        vocab,
-        rows,
-        unroll_steps,
-        char_mode=model.char_mode,
-        max_chars=model.max_chars or 50,
-        shuffle=False,
-        loop=False,
+    return TrainingPlan(
+        settings=settings,
+        n_vocab=n_vocab,
+        n_train_tokens=n_train_tokens,
+        n_replicas=n_replicas,
+        backend=backend,
+        steps_per_epoch=steps_epoch,
+        total_steps=steps_epoch * int(settings["n_epochs"]),
+        fingerprint=fingerprint,
     )
-    state = {}
-    for layer in range(model.n_layers):
-        state[f"c{layer}"] = np.zeros((rows, 2, model.dim), np.float32)
-        state[f"h{layer}"] = np.zeros((rows, 2, model.projection_dim), np.float32)
-    total_nll = np.zeros(2)
-    total_count = np.zeros(2)
-    for batch in batcher:
-        out = scorer.predict_on_batch(
-            {
-                "inputs": batch_major(batch.inputs),
-                "targets": batch_major(batch.targets),
-                "weights": batch_major(batch.weights),
-                **state,
-            }
-        )
-        total_nll += np.asarray(out["nll"], dtype=np.float64)
-        total_count += np.asarray(out["count"], dtype=np.float64)
-        state = {key: np.asarray(out[key]) for key in state}
-    if not total_count.all():
-        raise ValueError(f"held-out file {heldout_file} has no sentence")
-    ppl = np.exp(total_nll / total_count)
-    return float(ppl[0]), float(ppl[1])
 
 
-# --------------------------------------------------------------------------------------------
-# History, TensorBoard, progress
+def log_plan(plan: TrainingPlan) -> None:
+    from elmo_pipeline.bilm.optimizers import learning_rate
 
-
-def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
-    with atomic_open(path, newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row.get(k, "") for k in HISTORY_COLUMNS})
-
-
-class TensorBoardWriter:
-    """Scalars under ``out_dir/tensorboard`` when tensorflow and tensorboard are importable."""
-
-    def __init__(self, logdir: Path) -> None:
-        self.writer = None
-        missing = [m for m in ("tensorflow", "tensorboard") if importlib.util.find_spec(m) is None]
-        if missing:
-            log.info("%s not installed: no TensorBoard logs", " and ".join(missing))
-            return
-        import tensorflow as tf
-
-        with contextlib.suppress(RuntimeError):
-            tf.config.set_visible_devices([], "GPU")  # summaries only; leave GPUs to the model
-        self.tf = tf
-        self.writer = tf.summary.create_file_writer(str(logdir))
-
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        if self.writer is None:
-            return
-        with self.writer.as_default():
-            for name, value in values.items():
-                if value is not None and not (isinstance(value, str)):
-                    self.tf.summary.scalar(name, float(value), step=step)
-        self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-# --------------------------------------------------------------------------------------------
-# Training
+    s = plan.settings
+    log.info(
+        "biLM: %s input, vocab %d, %d train tokens, %d steps/epoch x %d epochs = %d steps, "
+        "batch %d x %d replicas x %d steps, %s (learning rate %g), backend %s",
+        s["input"],
+        plan.n_vocab,
+        plan.n_train_tokens,
+        plan.steps_per_epoch,
+        s["n_epochs"],
+        plan.total_steps,
+        plan.batch_size,
+        plan.n_replicas,
+        plan.unroll_steps,
+        s["optimizer"],
+        learning_rate(s),
+        plan.backend,
+    )
 
 
 def train(
@@ -589,205 +359,38 @@ def train(
     Keras must already be configured for the wanted backend (``main`` sets
     ``KERAS_BACKEND`` from the settings before importing it).
     """
-    import keras
-
-    from elmo_pipeline.bilm.data import BiLMBatcher, load_vocab
-    from elmo_pipeline.bilm.model import build_training_model
+    from elmo_pipeline.bilm.data import load_vocab
+    from elmo_pipeline.bilm.devices import setup_backend
+    from elmo_pipeline.bilm.trainer import TrainingRun
 
     settings = complete_settings(settings)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out_dir / "checkpoints"
     vocab = load_vocab(vocab_file)
-    n_vocab = len(vocab)
     n_train_tokens = read_n_train_tokens(vocab_stats_file)
     shard_files = [str(p) for p in expand_inputs([str(s) for s in shard_files])]
     backend, n_replicas, strategy = setup_backend(settings["seed"], threads)
     if backend != settings["backend"]:
         log.warning("settings ask for backend %s, Keras runs %s", settings["backend"], backend)
-    batch_size, unroll = int(settings["batch_size"]), int(settings["unroll_steps"])
-    steps_epoch = steps_per_epoch(n_train_tokens, batch_size, unroll, n_replicas)
-    total_steps = steps_epoch * int(settings["n_epochs"])
-    tokens_per_step = batch_size * n_replicas * unroll
-    options = make_train_options(
-        settings, n_vocab, n_train_tokens, n_replicas, total_steps, steps_epoch, backend
-    )
-    fingerprint = settings_fingerprint(
-        settings,
-        file_sha256(vocab_file),
-        n_train_tokens,
-        n_replicas,
-        init_sha256=file_sha256(init_file) if init_file else None,
-        shard_sizes=[os.path.getsize(f) for f in shard_files],
-    )
-    log.info(
-        "biLM: %s input, vocab %d, %d train tokens, %d steps/epoch x %d epochs = %d steps, "
-        "batch %d x %d replicas x %d steps, backend %s",
-        settings["input"],
-        n_vocab,
-        n_train_tokens,
-        steps_epoch,
-        settings["n_epochs"],
-        total_steps,
-        batch_size,
-        n_replicas,
-        unroll,
+    plan = make_plan(
+        settings, vocab_file, len(vocab), n_train_tokens, shard_files, init_file, n_replicas,
         backend,
-    )
-
+    )  # fmt: skip
+    log_plan(plan)
     init_embedding = None
     if settings["input"] == "token" and settings["token_init"] == "word2vec":
         if init_file is None:
             raise ValueError("bilm.token_init is word2vec but no --init file was given")
         init_embedding = read_init_embedding(
-            init_file, n_vocab, int(settings["lstm"]["projection_dim"])
+            init_file, len(vocab), int(settings["lstm"]["projection_dim"])
         )
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model = build_training_model(options, n_vocab, init_embedding=init_embedding)
-        optimizer = keras.optimizers.Adagrad(
-            learning_rate=float(settings["learning_rate"]),
-            initial_accumulator_value=1.0,
-            global_clipnorm=float(settings["all_clip_norm_val"]),
-        )
-        model.compile(optimizer=optimizer, jit_compile=backend == "jax")
-        optimizer.build(model.trainable_variables)
-
-    batcher = BiLMBatcher(
-        shard_files,
-        vocab,
-        batch_size * n_replicas,
-        unroll,
-        seed=int(settings["seed"]),
-        char_mode=model.char_mode,
-        max_chars=model.max_chars or 50,
-    )
-    step, run, history = 0, 0, []
-    for stale in [*ckpt_dir.glob(".tmp-ckpt-*"), *out_dir.glob(".tmp-weights-*")]:
+    for stale in out_dir.glob(".tmp-weights-*"):
         shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while writing
-    resume_from = find_resumable(ckpt_dir, fingerprint)
-    if resume_from is not None:
-        meta = load_checkpoint(resume_from, model, optimizer)
-        step, run, history = int(meta["step"]), int(meta["run"]) + 1, meta["history"]
-        batcher.load_state_dict(meta["data_state"])
-        log.info("resumed from %s at step %d of %d (run %d)", resume_from, step, total_steps, run)
-    last_good = resume_from
 
-    def checkpoint(data_state: dict[str, Any]) -> Path:
-        if not weights_are_finite(model):
-            raise TrainingDivergedError(
-                f"weights are NaN/inf at step {step}; no checkpoint written. Last good "
-                f"checkpoint: {last_good}. Lower bilm.learning_rate or bilm.all_clip_norm_val."
-            )
-        meta = {
-            "step": step,
-            "epoch": (step - 1) // steps_epoch if step else 0,
-            "run": run,
-            "fingerprint": fingerprint,
-            "settings": settings,
-            "data_state": data_state,
-            "history": history,
-            "backend": backend,
-        }
-        path = save_checkpoint(ckpt_dir, model, optimizer, meta)
-        write_history(out_dir / "history.csv", history)
-        return path
-
-    tensorboard = TensorBoardWriter(out_dir / "tensorboard")
-    # interval: redraw at most once a second (the bar also goes to Snakemake's log)
-    progbar = keras.utils.Progbar(total_steps, interval=1.0, stateful_metrics=["loss", "tokens/s"])
-    log_every = max(1, steps_epoch // 1000)
-    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-    data_state = batcher.state_dict()
-    prefetcher = Prefetcher(batcher) if step < total_steps else None
-    try:
-        while step < total_steps:
-            batch, data_state = prefetcher.get()
-            loss = float(
-                model.train_on_batch(
-                    split_batch_per_replica(strategy, batch_major(batch.inputs)),
-                    split_batch_per_replica(strategy, batch_major(batch.targets)),
-                )
-            )
-            if not math.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"training loss is {loss} at step {step + 1} (epoch {step // steps_epoch + 1});"
-                    f" stopping. Last good checkpoint: {last_good}. Lower bilm.learning_rate or "
-                    "bilm.all_clip_norm_val, or check the data."
-                )
-            step += 1
-            window_loss += loss
-            window_steps += 1
-            epoch_end = step % steps_epoch == 0
-            if step % log_every == 0 or epoch_end or step == total_steps:
-                elapsed = time.perf_counter() - window_start
-                row: dict[str, Any] = {
-                    "step": step,
-                    "epoch": (step - 1) // steps_epoch + 1,
-                    "run": run,
-                    "tokens_per_s": round(window_steps * tokens_per_step / max(elapsed, 1e-9), 1),
-                    "train_loss": window_loss / window_steps,
-                }
-                if epoch_end:
-                    fwd, bwd = heldout_perplexity(model, heldout_file, vocab, unroll, n_replicas)
-                    row.update(
-                        heldout_ppl_fwd=fwd, heldout_ppl_bwd=bwd, heldout_ppl=(fwd + bwd) / 2
-                    )
-                    log.info(
-                        "epoch %d (step %d): held-out perplexity forward %.2f backward %.2f",
-                        row["epoch"],
-                        step,
-                        fwd,
-                        bwd,
-                    )
-                history.append(row)
-                tensorboard.scalars(step, {k: row.get(k) for k in HISTORY_COLUMNS[3:] if k in row})
-                progbar.update(
-                    step, values=[("loss", row["train_loss"]), ("tokens/s", row["tokens_per_s"])]
-                )
-                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-            if step % int(settings["checkpoint_every"]) == 0 or step == total_steps:
-                last_good = checkpoint(data_state)
-    finally:
-        if prefetcher is not None:
-            prefetcher.close()
-        tensorboard.close()
-    if last_good is None or int(read_json(last_good / "meta.json")["step"]) != step:
-        last_good = checkpoint(data_state)
-
-    write_final_weights(model, out_dir / "model.weights.h5")
-    write_json(out_dir / "train_options.json", options)
-    write_history(out_dir / "history.csv", history)
-    final = history[-1] if history else {}
-    summary = {
-        "steps": step,
-        "steps_per_epoch": steps_epoch,
-        "n_replicas": n_replicas,
-        "run": run,
-        "final_train_loss": final.get("train_loss"),
-        "heldout_ppl": last_heldout_ppl(history),
-        "checkpoint": str(last_good),
-    }
-    log.info("training finished: %s", summary)
-    return summary
-
-
-def last_heldout_ppl(history: list[dict[str, Any]]) -> float | None:
-    """The most recent epoch-end held-out perplexity in the history, if any."""
-    for row in reversed(history):
-        if row.get("heldout_ppl") not in (None, ""):
-            return float(row["heldout_ppl"])
-    return None
-
-
-def write_final_weights(model, path: Path) -> None:
-    """``model.save_weights`` into a temporary directory, then rename (Keras wants the suffix)."""
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".tmp-weights-", dir=path.parent))
-    try:
-        tmp = tmp_dir / path.name
-        model.save_weights(tmp)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+    run = TrainingRun(plan, out_dir, vocab, shard_files, heldout_file, strategy, init_embedding)
+    run.resume()
+    run.run_steps()
+    return run.finish()
 
 
 # --------------------------------------------------------------------------------------------

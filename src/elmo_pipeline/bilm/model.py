@@ -21,7 +21,8 @@ contiguous block of them (``bilm/replicas.py``).
 
 The loss (``compute_loss``) is the sampled softmax of ``softmax.py``, mean over
 all tokens of both directions (= mean of the two directions' means, since both
-have ``B*T`` tokens), always in float32.  ``heldout_nll`` gives the full-softmax
+have ``B*T`` tokens), always in float32, times ``unroll_steps`` as bilm-tf
+differentiates it (``loss_scale``).  ``heldout_nll`` gives the full-softmax
 cross-entropy for evaluation.
 """
 
@@ -95,6 +96,8 @@ class BiLM(keras.Model):
         self.dim = int(lstm["dim"])
         self.n_layers = int(lstm.get("n_layers", 2))
         self.dropout_rate = float(options.get("dropout", 0.0))
+        #: What the mean sampled loss is multiplied by before differentiation (bilm-tf).
+        self.loss_scale = float(options.get("unroll_steps", 1))
         seed = options.get("seed")
         self.share_embedding_softmax = bool(options.get("share_embedding_softmax", False))
         if self.share_embedding_softmax and self.char_mode:
@@ -235,7 +238,8 @@ class BiLM(keras.Model):
 
     # -- losses -------------------------------------------------------------------------------
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Sampled-softmax loss, mean over every token of both directions (float32)."""
+        """``loss_scale`` x the sampled-softmax loss averaged over every token of both
+        directions (float32)."""
         targets = ops.reshape(ops.moveaxis(y, 1, 0), (-1,))
         hidden = ops.reshape(y_pred, (-1, self.projection_dim))
         nll = sampled_softmax_nll(
@@ -246,9 +250,13 @@ class BiLM(keras.Model):
             self.sampler.sample(),
             self.sampler.log_q,
         )
-        # Under a tf.distribute strategy the replicas' gradients are summed: each
-        # contributes its share of the global mean (Keras' own losses do the same).
-        return scale_loss_for_replicas(ops.mean(nll))
+        # bilm-tf differentiates ``unroll_steps * mean loss`` (docs/training.md, "The loss
+        # the gradients see"): with Adagrad's accumulator starting at 1.0 and the global
+        # norm clip, the plain mean takes steps ``unroll_steps`` times too small.  The
+        # value returned (and reported by train_on_batch) is scaled the same way; divide
+        # by ``loss_scale`` to read the per-token loss.  Under a tf.distribute strategy the
+        # replicas' gradients are summed: each contributes its share of the global mean.
+        return scale_loss_for_replicas(ops.mean(nll) * self.loss_scale)
 
     def heldout_nll(self, inputs, targets, weights, initial_state):
         """Full-softmax summed NLL and pair count per direction, plus the final state.
