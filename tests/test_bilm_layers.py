@@ -1,4 +1,4 @@
-"""The biLM layers against plain numpy implementations of ELMO_FORMAT.md sections 4-5."""
+"""The biLM layers against plain numpy implementations of docs/network.md, docs/formats.md."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Stage ``train_bilm``: train the biLM on the training shards (Keras 3, TF or JAX).
 
-What a run does (ELMO_FORMAT.md sections 2, 3 and 5):
+What a run does (docs/training.md; the network: docs/network.md):
 
 * ``steps_per_epoch = n_train_tokens // (batch_size * unroll_steps * n_replicas)``
   (at least 1) with ``n_train_tokens`` read from ``vocab/stats.json``, for
