@@ -232,5 +232,6 @@ def test_char_pipeline_on_jax(tmp_path) -> None:
     assert options["char_cnn"]["n_characters"] == 262
     with h5py.File(tmp_path / "results" / "model" / "weights.hdf5", "r") as f:
         assert f["char_embed"].shape == (261, 16)
-    assert pq.read_table(tmp_path / "results" / "embeddings").num_rows > 0
+    heldout = (tmp_path / "results" / "corpus" / "heldout.txt").read_text("utf-8").splitlines()
+    assert pq.read_table(tmp_path / "results" / "embeddings").num_rows == len(heldout) > 0
     assert_embeddings_come_from_model(tmp_path / "results")  # embedded on JAX, recomputed on TF
