@@ -13,7 +13,7 @@ pass starts with an empty token-vector cache.
 Sizes:
   demo-token  config/config.yaml's bilm section (token input, LSTM 256/64)
   demo-char   the same LSTM with config's char CNN (filters sum 256, 1 highway)
-  original    ELMO_FORMAT.md section 7 (char CNN 2048, 2 highways, LSTM 4096/512)
+  original    docs/formats.md, "options.json" (char CNN 2048, 2 highways, LSTM 4096/512)
 
     .venv/bin/python benchmarks/embed_throughput.py [--backends tensorflow jax]
         [--sizes demo-token demo-char original] [--json out.json]

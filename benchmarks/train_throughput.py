@@ -1,7 +1,7 @@
 """biLM training throughput (tokens/s) of ``elmo_pipeline`` on the current machine.
 
 Counts B*T tokens per step (each direction's stream counted once, as in
-PERF_NOTES.md); a step is forward + backward passes + the Adagrad update with
+docs/performance.md); a step is forward + backward passes + the Adagrad update with
 global-norm clipping, i.e. exactly ``model.train_on_batch`` as ``train.py``
 runs it (XLA on JAX).  Warm-up steps first, then the mean over ``--steps``
 synchronised steps (``train_on_batch`` returns the loss to the host).

@@ -1,4 +1,4 @@
-"""bilm-tf weights.hdf5 I/O and the dump_weights stage (ELMO_FORMAT.md sections 6-8)."""
+"""bilm-tf weights.hdf5 I/O and the dump_weights stage (docs/formats.md)."""
 
 from __future__ import annotations
 

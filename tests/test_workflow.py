@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from elmo_pipeline.embed import column_to_numpy
 from elmo_pipeline.vocab import read_vocab
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +71,28 @@ def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedPr
         *args,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+def assert_embeddings_come_from_model(results: Path) -> None:
+    """Recompute one Parquet row with ``Embedder.from_dir`` on the dumped model and compare.
+
+    Ties ``results/embeddings`` to ``results/model``: vectors from another model, another
+    row or the wrong layers would not match.
+    """
+    from elmo_pipeline import Embedder
+
+    table = pq.read_table(results / "embeddings")
+    row = int(np.argmax(table.column("sequence_len").to_numpy() >= 3))  # first of 3+ tokens
+    tokens = table.column("tokens")[row].as_py()
+    assert len(tokens) >= 3
+    want = Embedder.from_dir(results / "model").embed([tokens])
+    elmo, offsets = column_to_numpy(table.column("elmo"))
+    got_elmo = elmo[offsets[row] : offsets[row + 1]]
+    assert got_elmo.shape == want["elmo"][0].shape
+    assert np.abs(want["elmo"]).max() > 1e-3  # a real signal, not zeros on both sides
+    np.testing.assert_allclose(got_elmo, want["elmo"][0], rtol=1e-4, atol=1e-4)
+    default, _ = column_to_numpy(table.column("default"))
+    np.testing.assert_allclose(default[row], want["default"][0], rtol=1e-4, atol=1e-4)
 
 
 def planned_rules(result: subprocess.CompletedProcess) -> set[str]:
@@ -171,6 +195,7 @@ def test_token_pipeline_outputs(token_run: Path) -> None:
     heldout = (results / "corpus" / "heldout.txt").read_text("utf-8").splitlines()
     assert table.num_rows == len(heldout)
     assert {"id", "text", "tokens", "sequence_len", "elmo", "default"} <= set(table.column_names)
+    assert_embeddings_come_from_model(results)
 
     for rule in ("segment", "vocab", "word2vec", "train_bilm", "dump_weights", "embed"):
         assert (token_run / "logs" / rule / f"{rule}.log").stat().st_size > 0, rule
@@ -207,4 +232,6 @@ def test_char_pipeline_on_jax(tmp_path) -> None:
     assert options["char_cnn"]["n_characters"] == 262
     with h5py.File(tmp_path / "results" / "model" / "weights.hdf5", "r") as f:
         assert f["char_embed"].shape == (261, 16)
-    assert pq.read_table(tmp_path / "results" / "embeddings").num_rows > 0
+    heldout = (tmp_path / "results" / "corpus" / "heldout.txt").read_text("utf-8").splitlines()
+    assert pq.read_table(tmp_path / "results" / "embeddings").num_rows == len(heldout) > 0
+    assert_embeddings_come_from_model(tmp_path / "results")  # embedded on JAX, recomputed on TF

@@ -1,6 +1,6 @@
 """Check the PyTorch peer against bilm-tf's own expected outputs (and optionally our Embedder).
 
-1. bilm-tf fixture (ELMO_FORMAT.md section 10): batch i holds sentence i of each of the
+1. bilm-tf fixture (docs/formats.md, "Reference data"): batch i holds sentence i of each of the
    3 lists; the expected top-layer outputs were made with LSTM state carried across the
    10 batches.  Batch 0 is checked stateless (zero state == stateful batch 0); all 10
    batches are checked with the peer in stateful mode.

@@ -1,6 +1,6 @@
 """Write a bilm-tf ``weights.hdf5`` + inference ``options.json`` with random weights.
 
-Dataset names and shapes follow ELMO_FORMAT.md section 6 exactly, so any loader of
+Dataset names and shapes follow docs/formats.md, "weights.hdf5" exactly, so any loader of
 the format (our Embedder, the PyTorch peer, AllenNLP) reads it.  Scales keep the
 activations in a useful range (weights ~ N(0, 1/fan_in), highway carry bias -2).
 """

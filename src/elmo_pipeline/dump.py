@@ -4,15 +4,15 @@ Reads ``bilm/train_options.json`` and ``bilm/model.weights.h5`` (written by
 ``elmo_pipeline.train``) and writes, each atomically, into ``out_dir``:
 
 ``weights.hdf5``
-    bilm-tf layout (ELMO_FORMAT.md section 6), float32, no softmax.
+    bilm-tf layout (docs/formats.md, "weights.hdf5"), float32, no softmax.
 ``options.json``
-    the inference form (section 7): ``char_cnn.n_characters`` 262 in char
+    the inference form (docs/formats.md, "options.json"): ``char_cnn.n_characters`` 262 in char
     mode, no ``char_cnn`` in token mode; training keys are kept.
 ``vocab.txt``
     a byte-for-byte copy of the training vocabulary.
 ``vocab_embedding.hdf5``
     dataset ``embedding`` (n_vocab, projection_dim): row i = the token
-    encoder's output for line i of ``vocab.txt`` (section 8).
+    encoder's output for line i of ``vocab.txt`` (docs/formats.md, "vocab_embedding.hdf5").
 
 Configurations that no other tool could load are refused before anything is
 written: ``n_layers < 2`` (bilm-tf then uses other dataset names and

@@ -14,7 +14,7 @@ One row per input sentence, in input order (``id`` = 0-based running index of th
 
 ``f`` is float32 or float16 (``embed.dtype``). The vector columns are built from the flat
 numpy buffers (``FixedSizeListArray.from_arrays``), and have no nulls, so a reader gets
-zero-copy numpy views: see :func:`column_to_numpy`. Keys and meaning: ELMO_FORMAT.md section 9.
+zero-copy numpy views: see :func:`column_to_numpy`. Keys: docs/formats.md, "Embedding outputs".
 
 Empty sentences (no tokens, e.g. a blank line of a pretokenized file) are not sent to the
 model; their row has ``sequence_len`` 0, empty per-token lists and an all-zero ``default``
@@ -401,8 +401,8 @@ def write_embeddings(
 ) -> dict[str, Any]:
     """Embed ``sentences`` with ``embed_fn`` into a Parquet dataset ``out_dir/part-NNNNN.parquet``.
 
-    ``embed_fn`` takes a batch of token lists and returns the arrays of ELMO_FORMAT.md
-    section 9 (e.g. ``Embedder.embed``). Returns the statistics also written to
+    ``embed_fn`` takes a batch of token lists and returns the arrays of docs/formats.md,
+    "Embedding outputs" (e.g. ``Embedder.embed``). Returns the statistics also written to
     ``out_dir/_stats.json``. No sentence gives no part file (and ``n_sentences`` 0).
     """
     check_outputs(outputs, dtype)

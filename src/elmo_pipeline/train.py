@@ -1,6 +1,6 @@
 """Stage ``train_bilm``: train the biLM on the training shards (Keras 3, TF or JAX).
 
-What a run does (docs/training.md):
+What a run does (docs/training.md; the network: docs/network.md):
 
 * The plan (``TrainingPlan``): ``steps_per_epoch = n_train_tokens //
   (batch_size * unroll_steps * n_replicas)`` (at least 1) with ``n_train_tokens``

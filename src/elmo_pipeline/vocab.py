@@ -1,6 +1,6 @@
 """Vocabulary stage: count the training shards, write ``vocab.txt`` and its statistics.
 
-Outputs (ELMO_FORMAT.md section 1 and 2), each written atomically:
+Outputs (docs/formats.md, "Vocabulary file" and "Training data"), each written atomically:
 
 ``vocab.txt``
     UTF-8, one token a line. Lines 1-3 are exactly ``<S>``, ``</S>``, ``<UNK>``; then every

@@ -1,4 +1,4 @@
-"""Character ids of tokens for char-CNN biLMs (ELMO_FORMAT.md section 4).
+"""Character ids of tokens for char-CNN biLMs (docs/formats.md, "Characters").
 
 A token's characters are its UTF-8 bytes (0-255) plus five specials.  The
 model always works with these *training* ids (0..260) and a 261-row char

@@ -1,4 +1,4 @@
-"""Training batches for the biLM with bilm-tf semantics (ELMO_FORMAT.md section 3).
+"""Training batches for the biLM with bilm-tf semantics (docs/training.md, "Batches").
 
 ``batch_size`` rows are independent streams: each row concatenates whole
 sentences (``<S> w1 .. wn </S>`` forward, ``</S> wn .. w1 <S>`` backward) and

@@ -1,4 +1,4 @@
-"""Contextual vectors from a bilm-tf format model: :class:`Embedder` (ELMO_FORMAT.md section 9).
+"""Contextual vectors from a bilm-tf format model: :class:`Embedder` (docs/formats.md).
 
 Works on whichever Keras backend is active (``KERAS_BACKEND``); the forward
 pass is XLA-compiled on both TensorFlow (``jit_compile``) and JAX, once per

@@ -1,4 +1,4 @@
-"""The biLM network as backend-agnostic Keras 3 layers (ELMO_FORMAT.md section 5).
+"""The biLM network as backend-agnostic Keras 3 layers (docs/network.md).
 
 Only ``keras.ops`` is used, so the same layers run on TensorFlow and JAX.
 
@@ -8,7 +8,7 @@ Only ``keras.ops`` is used, so the same layers run on TensorFlow and JAX.
 * :class:`BiLSTMStack` - the forward and backward LSTM-with-projection stacks,
   fused in one ``keras.ops.scan`` per layer with a leading direction axis
   (index 0 forward, 1 backward): the recurrence is latency bound, so doing
-  both directions in each step costs nothing extra (PERF_NOTES.md).
+  both directions in each step costs nothing extra (docs/performance.md).
 
 Weights are named after their bilm-tf counterparts; ``weights.py`` maps them
 to and from ``weights.hdf5``.  Numerics: matrix products run in the layer's
@@ -29,7 +29,7 @@ from keras import ops
 from elmo_pipeline.bilm import replicas
 from elmo_pipeline.bilm.chars import N_TRAIN_CHARACTERS
 
-#: The published "original" model's filters (options.json of section 7).
+#: The published "original" model's filters (docs/formats.md, "options.json").
 DEFAULT_FILTERS = [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]]
 
 _ACTIVATIONS = {"relu": ops.relu, "tanh": ops.tanh}

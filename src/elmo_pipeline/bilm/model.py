@@ -1,4 +1,4 @@
-"""The biLM training model (ELMO_FORMAT.md sections 3 and 5) as one Keras 3 model.
+"""The biLM training model (docs/training.md, docs/network.md) as one Keras 3 model.
 
 ``BiLM`` = token encoder (``CharCNNEncoder`` or ``TokenEncoder``, shared by both
 directions) -> ``BiLSTMStack`` (forward and backward fused on a leading

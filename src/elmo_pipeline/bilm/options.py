@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-#: options.json of the published "original" ELMo (ELMO_FORMAT.md section 7), inference form.
+#: options.json of the published "original" ELMo (docs/formats.md, "options.json"), inference form.
 PUBLISHED_ORIGINAL_OPTIONS: dict[str, Any] = {
     "lstm": {
         "use_skip_connections": True,

@@ -1,7 +1,7 @@
 """Sampled softmax for biLM training and the full softmax for evaluation.
 
 Negatives come from the log-uniform (Zipf) distribution over frequency-ordered
-ids, ``P(k) = (log(k+2) - log(k+1)) / log(V+1)`` (ELMO_FORMAT.md section 1),
+ids, ``P(k) = (log(k+2) - log(k+1)) / log(V+1)`` (docs/training.md, "Sampled softmax"),
 ``n_sampled`` *unique* ids per batch, shared by every token of the batch and
 by both directions, as TensorFlow's ``log_uniform_candidate_sampler(unique=True)``
 does for bilm-tf.

@@ -1,4 +1,4 @@
-"""bilm-tf ``weights.hdf5`` I/O and ``options.json`` handling (ELMO_FORMAT.md sections 6-7).
+"""bilm-tf ``weights.hdf5`` I/O and ``options.json`` handling (docs/formats.md).
 
 The Keras layers keep their own natural shapes (a fused direction axis in
 the LSTM, ``(width, dim, n)`` convolution kernels, 261 char rows); this
@@ -122,7 +122,7 @@ def options_to_layers(
 
 
 def inference_options(train_options: dict[str, Any]) -> dict[str, Any]:
-    """The ``options.json`` to ship next to ``weights.hdf5`` (section 7).
+    """The ``options.json`` to ship next to ``weights.hdf5`` (docs/formats.md, "options.json").
 
     Char mode: ``n_characters`` becomes 262 (inference ids are shifted by one).
     Token mode: no ``char_cnn`` key.  Other (training) keys are kept.
