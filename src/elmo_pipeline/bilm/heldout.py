@@ -127,3 +127,33 @@ class HeldoutEvaluator:
         return HeldoutPerplexity(
             float(ppl[0]), float(ppl[1]), int(round(total_count[0] / self.copies))
         )
+
+
+def unigram_perplexity(
+    heldout_file: str | os.PathLike, vocab: Sequence[str], shard_files: Sequence[str | os.PathLike]
+) -> float:
+    """Perplexity of an add-one unigram model of the training targets on the held-out text.
+
+    The baseline a biLM must beat: the same targets the biLM predicts (every
+    word, out-of-vocabulary words as ``<UNK>``, and ``</S>`` once a sentence;
+    backward the same with ``<S>``, so one figure serves both directions).
+    """
+    index = {word: i for i, word in enumerate(vocab)}
+    unk = index["<UNK>"]
+    counts = np.zeros(len(vocab), dtype=np.float64)
+    for shard in shard_files:
+        with open(shard, encoding="utf-8") as handle:
+            for line in handle:
+                ids = [index.get(word, unk) for word in line.split()]
+                np.add.at(counts, ids, 1)
+                counts[index["</S>"]] += 1
+    log_probs = np.log((counts + 1) / (counts.sum() + len(vocab)))
+    nll, n = 0.0, 0
+    with open(heldout_file, encoding="utf-8") as handle:
+        for line in handle:
+            ids = [index.get(word, unk) for word in line.split()] + [index["</S>"]]
+            nll -= float(log_probs[ids].sum())
+            n += len(ids)
+    if n == 0:
+        raise ValueError(f"held-out file {heldout_file} has no sentence")
+    return math.exp(nll / n)

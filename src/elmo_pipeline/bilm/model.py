@@ -238,25 +238,31 @@ class BiLM(keras.Model):
 
     # -- losses -------------------------------------------------------------------------------
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """``loss_scale`` x the sampled-softmax loss averaged over every token of both
-        directions (float32)."""
-        targets = ops.reshape(ops.moveaxis(y, 1, 0), (-1,))
-        hidden = ops.reshape(y_pred, (-1, self.projection_dim))
-        nll = sampled_softmax_nll(
-            hidden,
-            targets,
-            self.softmax_weights,
-            self.softmax_b,
-            self.sampler.sample(),
-            self.sampler.log_q,
-        )
+        """``loss_scale`` x the mean of the two directions' mean sampled-softmax losses.
+
+        Each direction draws its own negatives, as bilm-tf's two
+        ``sampled_softmax_loss`` calls do (float32).
+        """
+        targets = ops.moveaxis(y, 1, 0)  # [2, B, T]
+        direction_losses = []
+        for direction in range(2):
+            nll = sampled_softmax_nll(
+                ops.reshape(y_pred[direction], (-1, self.projection_dim)),
+                ops.reshape(targets[direction], (-1,)),
+                self.softmax_weights,
+                self.softmax_b,
+                self.sampler.sample(),
+                self.sampler.log_q,
+            )
+            direction_losses.append(ops.mean(nll))
+        mean_loss = 0.5 * (direction_losses[0] + direction_losses[1])
         # bilm-tf differentiates ``unroll_steps * mean loss`` (docs/training.md, "The loss
         # the gradients see"): with Adagrad's accumulator starting at 1.0 and the global
         # norm clip, the plain mean takes steps ``unroll_steps`` times too small.  The
         # value returned (and reported by train_on_batch) is scaled the same way; divide
         # by ``loss_scale`` to read the per-token loss.  Under a tf.distribute strategy the
         # replicas' gradients are summed: each contributes its share of the global mean.
-        return scale_loss_for_replicas(ops.mean(nll) * self.loss_scale)
+        return scale_loss_for_replicas(mean_loss * self.loss_scale)
 
     def heldout_nll(self, inputs, targets, weights, initial_state):
         """Full-softmax summed NLL and pair count per direction, plus the final state.

@@ -2,9 +2,9 @@
 
 Negatives come from the log-uniform (Zipf) distribution over frequency-ordered
 ids, ``P(k) = (log(k+2) - log(k+1)) / log(V+1)`` (docs/training.md, "Sampled softmax"),
-``n_sampled`` *unique* ids per batch, shared by every token of the batch and
-by both directions, as TensorFlow's ``log_uniform_candidate_sampler(unique=True)``
-does for bilm-tf.
+``n_sampled`` *unique* ids per batch and direction, shared by every token of
+that direction's batch, as TensorFlow's ``log_uniform_candidate_sampler(unique=True)``
+does in each of bilm-tf's two ``sampled_softmax_loss`` calls.
 
 How we sample: TF draws with replacement until it has ``n_sampled`` distinct
 ids.  Keeping the first ``k`` distinct draws is the same distribution as
