@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from elmo_pipeline import segment
+from elmo_pipeline.segment.jieba_tokenizer import FinalsegCut
 from elmo_pipeline.segment import (
     LineSegmenter,
     SegmentStats,
@@ -106,7 +107,7 @@ def test_stage_tokenizer_gives_exactly_jiebas_tokens(hmm: bool, tmp_path: Path) 
 def test_stage_hmm_gives_exactly_jiebas_finalseg_words() -> None:
     import jieba.finalseg
 
-    ours = segment._FinalsegCut(jieba.finalseg)
+    ours = FinalsegCut(jieba.finalseg)
     texts = ["".join(words) for words in pku_gold_lines()] + toutiao_titles()
     texts += ["海瑟薇", "昆凌", "a1.5%b 中", "！"]
     for text in texts:
@@ -236,7 +237,9 @@ def test_invalid_utf8_is_counted_and_handled(tmp_path: Path, action: str) -> Non
     path = tmp_path / "bad.txt"
     path.write_bytes(titles[0].encode() + b"\n" + bad + b"\n" + titles[2].encode() + b"\n")
     stats = SegmentStats()
-    sentences = list(iter_sentences(path, {}, {"invalid_utf8": action}, stats))
+    # one bad line in three is under this threshold (the default, 1%, stops: tested below)
+    corpus = {"max_invalid_fraction": 0.5}
+    sentences = list(iter_sentences(path, corpus, {"invalid_utf8": action}, stats))
     text = ["".join(s) for s in sentences]
     assert stats.lines_invalid_utf8 == 1 and stats.invalid_utf8_action == action
     if action == "replace":
@@ -358,7 +361,7 @@ def test_shards_heldout_and_stats_are_consistent(tmp_path: Path, mixed_corpus: l
 def test_output_is_deterministic_and_independent_of_threads(
     tmp_path: Path, mixed_corpus: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(segment, "CHUNK_LINES", 7)  # several chunks in flight per worker
+    monkeypatch.setattr(segment.reading, "CHUNK_LINES", 7)  # several chunks in flight per worker
     run_stage(mixed_corpus, tmp_path / "a", seed=3, threads=1)
     run_stage(mixed_corpus, tmp_path / "b", seed=3, threads=2)
     run_stage(mixed_corpus, tmp_path / "c", seed=4, threads=2)
