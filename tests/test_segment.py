@@ -425,3 +425,139 @@ def test_pretokenized_english_keeps_tokens(tmp_path: Path) -> None:
     )
     assert [t for s in sentences for t in s] == WIKI.read_text(encoding="utf-8").split()
     assert stats.lines_split >= 1
+
+
+# --------------------------------------------------------------------------- encodings and bad files
+
+
+def assert_no_output(out_dir: Path) -> None:
+    """Nothing that looks finished (or half-written) is left in the output folder."""
+    left = sorted(p.name for p in out_dir.rglob("*")) if out_dir.exists() else []
+    assert left == [] or left == ["train"], left
+
+
+def run_cli(paths: list[Path], out_dir: Path, **corpus: object) -> tuple[int, str]:
+    """The stage's command line; returns the exit status and the log file's text."""
+    settings = {"corpus": {"paths": [str(p) for p in paths], **corpus}, "segment": {}}
+    log_file = out_dir.parent / "segment.log"
+    argv = ["--settings", json.dumps(settings), "--out-dir", str(out_dir), "--log", str(log_file)]
+    status = segment.main(argv)
+    return status, log_file.read_text(encoding="utf-8")
+
+
+def test_gbk_corpus_stops_with_the_file_share_guess_and_fix(tmp_path: Path) -> None:
+    gbk = tmp_path / "toutiao_gbk.txt"
+    gbk.write_bytes(TOUTIAO.read_text(encoding="utf-8").encode("gbk"))
+    out = tmp_path / "out"
+    status, log_text = run_cli([gbk], out, **TOUTIAO_FIELDS)
+    assert status == 1
+    errors = [line for line in log_text.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "Traceback" not in log_text
+    message = errors[0]
+    assert "toutiao_gbk.txt" in message
+    assert "20 of 20 lines (100.0%) are not valid utf-8" in message
+    assert "looks like gb18030" in message and "`corpus.encoding: gb18030`" in message
+    assert "iconv -f GB18030 -t UTF-8 toutiao_gbk.txt" in message
+    assert_no_output(out)
+
+
+def test_gb18030_setting_reads_a_gbk_file_like_the_utf8_original(tmp_path: Path) -> None:
+    gbk = tmp_path / "toutiao_gbk.txt"
+    gbk.write_bytes(TOUTIAO.read_text(encoding="utf-8").encode("gbk"))
+    expected = list(iter_sentences(TOUTIAO, TOUTIAO_FIELDS))
+    stats = SegmentStats()
+    got = list(iter_sentences(gbk, {**TOUTIAO_FIELDS, "encoding": "gb18030"}, {}, stats))
+    assert got == expected and len(got) > 20
+    assert stats.lines_invalid_utf8 == 0 and stats.lines_read == 20
+
+
+def test_utf8_file_declared_gb18030_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(segment.CorpusError, match="toutiao_dev_20.txt.*valid UTF-8"):
+        list(iter_sentences(TOUTIAO, {**TOUTIAO_FIELDS, "encoding": "gb18030"}))
+
+
+@pytest.mark.parametrize(
+    ("codec", "guess", "reason"),
+    [
+        ("utf-16", "utf-16", "UTF-16 byte-order mark"),
+        ("utf-16-le", "utf-16-le", "UTF-16 little-endian, line ends included"),
+        ("utf-16-be", "utf-16-be", "UTF-16 big-endian, line ends included"),
+    ],
+)
+def test_utf16_corpus_is_recognised_and_readable(
+    tmp_path: Path, codec: str, guess: str, reason: str
+) -> None:
+    path = tmp_path / f"pku_{codec}.txt"
+    path.write_bytes(write_raw_pku(tmp_path / "pku.txt").read_text("utf-8").encode(codec))
+    with pytest.raises(segment.CorpusError) as error:
+        segment_corpus({"paths": [str(path)]}, {}, tmp_path / "out", progress=False)
+    message = str(error.value)
+    assert path.name in message and "are not valid utf-8" in message
+    assert f"looks like {guess}" in message and reason in message
+    assert_no_output(tmp_path / "out")
+    expected = list(iter_sentences(tmp_path / "pku.txt"))
+    assert list(iter_sentences(path, {"encoding": guess})) == expected
+
+
+def test_cr_only_line_ends_split_lines_and_are_counted(tmp_path: Path) -> None:
+    titles = toutiao_titles()
+    lf, cr = tmp_path / "lf.txt", tmp_path / "cr.txt"
+    lf.write_bytes(("\n".join(titles) + "\n").encode())
+    cr.write_bytes(b"\xef\xbb\xbf" + ("\r".join(titles) + "\r").encode())  # with a UTF-8 BOM
+    stats_lf, stats_cr = SegmentStats(), SegmentStats()
+    expected = list(iter_sentences(lf, {}, {}, stats_lf))
+    assert list(iter_sentences(cr, {}, {}, stats_cr)) == expected
+    assert stats_cr.lines_read == stats_lf.lines_read == 20
+    assert stats_cr.lines_ending_cr == 20 and stats_lf.lines_ending_cr == 0
+    assert "\ufeff" not in expected[0][0]
+
+
+def test_truncated_gzip_is_named_in_one_line(tmp_path: Path) -> None:
+    whole = gzip.compress(TOUTIAO.read_bytes())
+    cut = tmp_path / "toutiao.txt.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    out = tmp_path / "out"
+    status, log_text = run_cli([cut], out, **TOUTIAO_FIELDS)
+    assert status == 1 and "Traceback" not in log_text
+    (error,) = [line for line in log_text.splitlines() if " ERROR " in line]
+    assert "toutiao.txt.gz" in error and "the compressed file is truncated" in error
+    assert_no_output(out)
+
+
+def test_directory_as_corpus_path_is_named(tmp_path: Path) -> None:
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "sub").mkdir()
+    out = tmp_path / "out"
+    for pattern in (folder, folder / "*"):  # the folder itself, a glob of only folders
+        status, log_text = run_cli([pattern], out)
+        assert status == 1 and "Traceback" not in log_text
+        (error,) = [line for line in log_text.splitlines() if " ERROR " in line]
+        assert str(pattern) in error and "is a directory" in error
+    assert_no_output(out)
+
+
+def test_stale_temporary_folders_are_removed_and_logged(
+    tmp_path: Path, mixed_corpus: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    stale = tmp_path / "out" / ".segment-killed.tmp"
+    stale.mkdir(parents=True)
+    (stale / "0.txt").write_text("half a shard\n", encoding="utf-8")
+    run_stage(mixed_corpus, tmp_path / "out")
+    assert not stale.exists()
+    assert "removing" in caplog.text and ".segment-killed.tmp" in caplog.text
+
+
+def test_settings_defaults_are_the_schema_defaults() -> None:
+    import dataclasses
+
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text())
+    for cls, section in ((segment.CorpusSettings, "corpus"), (segment.SegmentSettings, "segment")):
+        properties = schema["properties"][section]["properties"]
+        for f in dataclasses.fields(cls):
+            if f.name == "paths":
+                continue
+            assert properties[f.name]["default"] == f.default, f"{section}.{f.name}"
+        assert set(properties) == {f.name for f in dataclasses.fields(cls)}, section

@@ -91,18 +91,38 @@ def _decodes(sample: bytes, encoding: str) -> bool:
     return True
 
 
+def _utf16_without_bom(sample: bytes) -> tuple[str, str] | None:
+    """UTF-16 without a byte-order mark: NUL bytes, or line ends, in every other position.
+
+    Latin text in UTF-16 has a NUL in every other byte; Chinese text has few
+    NULs, but its line ends are the two bytes of U+000A at an even offset and
+    the sample decodes cleanly (random bytes soon make an invalid surrogate).
+    """
+    even = sample[: len(sample) - len(sample) % 2]
+    half = len(even) // 2
+    nul_even, nul_odd = even[0::2].count(0), even[1::2].count(0)
+    for codec, nuls, other, order in (
+        ("utf-16-le", nul_odd, nul_even, "little"),
+        ("utf-16-be", nul_even, nul_odd, "big"),
+    ):
+        if not half or not _decodes(even, codec):
+            continue
+        if nuls > 0.2 * half and nuls > 4 * other:
+            return codec, f"every other byte is NUL (UTF-16 {order}-endian without a BOM)"
+        if "\n" in even.decode(codec):
+            return codec, f"it decodes cleanly as UTF-16 {order}-endian, line ends included"
+    return None
+
+
 def guess_encoding(sample: bytes) -> tuple[str, str] | None:
     """(codec, reason) for the encoding ``sample`` most likely is, or None."""
     if sample.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
         return "utf-32", "it starts with a UTF-32 byte-order mark"
     if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return "utf-16", "it starts with a UTF-16 byte-order mark"
-    half = len(sample) // 2
-    nul_even, nul_odd = sample[0::2].count(0), sample[1::2].count(0)
-    if half and nul_odd > 0.2 * half and nul_odd > 4 * nul_even:
-        return "utf-16-le", "every other byte is NUL (UTF-16 little-endian without a BOM)"
-    if half and nul_even > 0.2 * half and nul_even > 4 * nul_odd:
-        return "utf-16-be", "every other byte is NUL (UTF-16 big-endian without a BOM)"
+    utf16 = _utf16_without_bom(sample)
+    if utf16 is not None:
+        return utf16
     if _decodes(sample, "utf-8"):
         return "utf-8", "it decodes cleanly as UTF-8"
     if _decodes(sample, "gb18030"):
