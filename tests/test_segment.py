@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from elmo_pipeline import segment
-from elmo_pipeline.segment.jieba_tokenizer import FinalsegCut
 from elmo_pipeline.segment import (
     LineSegmenter,
     SegmentStats,
@@ -24,6 +23,7 @@ from elmo_pipeline.segment import (
     split_token_sentences,
     tokenize_english,
 )
+from elmo_pipeline.segment.jieba_tokenizer import FinalsegCut
 
 DATA = Path(__file__).parent / "data" / "segment"
 PKU_GOLD = DATA / "pku_test_gold_20.utf8"
@@ -427,7 +427,7 @@ def test_pretokenized_english_keeps_tokens(tmp_path: Path) -> None:
     assert stats.lines_split >= 1
 
 
-# --------------------------------------------------------------------------- encodings and bad files
+# --------------------------------------------------------------------- encodings and bad files
 
 
 def assert_no_output(out_dir: Path) -> None:
