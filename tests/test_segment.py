@@ -561,3 +561,50 @@ def test_settings_defaults_are_the_schema_defaults() -> None:
                 continue
             assert properties[f.name]["default"] == f.default, f"{section}.{f.name}"
         assert set(properties) == {f.name for f in dataclasses.fields(cls)}, section
+
+
+# --------------------------------------------------------------------------- sharded runs
+
+
+def all_outputs(out_dir: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(out_dir)): p.read_bytes()
+        for p in sorted(out_dir.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("n_parts", [1, 2, 3])
+def test_parts_and_gather_write_what_one_run_writes(
+    tmp_path: Path, mixed_corpus: list[str], monkeypatch: pytest.MonkeyPatch, n_parts: int
+) -> None:
+    monkeypatch.setattr(segment.reading, "CHUNK_LINES", 9)  # 40 lines: 5 chunks, uneven parts
+    corpus = {"paths": mixed_corpus, "language": "zh", "n_shards": 3, "heldout_fraction": 0.1}
+    seg = {"max_sentence_tokens": 30}
+    segment_corpus(corpus, seg, tmp_path / "whole", progress=False)
+    stems = [tmp_path / "parts" / f"{i + 1}-of-{n_parts}" for i in range(n_parts)]
+    for index, stem in enumerate(stems):
+        segment.segment_part(corpus, seg, index, n_parts, stem, threads=1 + index % 2)
+    chunks = [len(read_json_file(f"{stem}.json")["chunk_sentences"]) for stem in stems]
+    assert sum(chunks) == 5 and max(chunks) - min(chunks) <= 1
+    segment.gather_parts(corpus, seg, list(reversed(stems)), tmp_path / "gathered")
+    whole = all_outputs(tmp_path / "whole")
+    assert sorted(whole) == ["heldout.txt", "stats.json"] + [
+        f"train/shard-0000{i}.txt" for i in range(3)
+    ]
+    assert all_outputs(tmp_path / "gathered") == whole
+
+
+def test_gather_refuses_parts_of_other_settings(tmp_path: Path, mixed_corpus: list[str]) -> None:
+    corpus = {"paths": mixed_corpus, "language": "zh"}
+    segment.segment_part(corpus, {}, 0, 2, tmp_path / "1-of-2")
+    segment.segment_part(corpus, {"hmm": False}, 1, 2, tmp_path / "2-of-2")
+    with pytest.raises(ValueError, match="2-of-2 was made from other inputs or settings"):
+        segment.gather_parts(corpus, {}, [tmp_path / "1-of-2", tmp_path / "2-of-2"], tmp_path / "o")
+    with pytest.raises(ValueError, match="not parts 1..1"):
+        segment.gather_parts(corpus, {}, [tmp_path / "2-of-2"], tmp_path / "o")
+    assert_no_output(tmp_path / "o")
+
+
+def read_json_file(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
