@@ -595,6 +595,16 @@ def test_parts_and_gather_write_what_one_run_writes(
     assert all_outputs(tmp_path / "gathered") == whole
 
 
+def test_a_part_removes_its_stale_temporary_files(tmp_path: Path, mixed_corpus: list[str]) -> None:
+    stale = tmp_path / ".1-of-2.txt.x1y2.tmp"
+    other = tmp_path / ".2-of-2.txt.x1y2.tmp"  # another part's, maybe being written now
+    stale.write_text("half a part\n", encoding="utf-8")
+    other.write_text("half a part\n", encoding="utf-8")
+    segment.segment_part({"paths": mixed_corpus}, {}, 0, 2, tmp_path / "1-of-2", progress=False)
+    assert not stale.exists() and other.exists()
+    assert (tmp_path / "1-of-2.json").exists()
+
+
 def test_gather_refuses_parts_of_other_settings(tmp_path: Path, mixed_corpus: list[str]) -> None:
     corpus = {"paths": mixed_corpus, "language": "zh"}
     segment.segment_part(corpus, {}, 0, 2, tmp_path / "1-of-2")
@@ -608,3 +618,11 @@ def test_gather_refuses_parts_of_other_settings(tmp_path: Path, mixed_corpus: li
 
 def read_json_file(path: str | Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def test_gbk_in_xz_gets_a_conversion_command_that_decompresses(tmp_path: Path) -> None:
+    path = tmp_path / "titles.txt.xz"
+    path.write_bytes(lzma.compress(TOUTIAO.read_text(encoding="utf-8").encode("gb18030")))
+    with pytest.raises(segment.CorpusError) as error:
+        list(iter_sentences(path, TOUTIAO_FIELDS))
+    assert "`xzcat titles.txt.xz | iconv -f GB18030 -t UTF-8 > titles.utf8.txt`" in str(error.value)

@@ -53,7 +53,7 @@ def check_config(cfg):
         if not any(os.path.isfile(f) for f in found):
             raise ConfigError(
                 f"corpus.paths: {pattern!r} is a directory or matches only directories; "
-                f"give files or a glob such as '{pattern.rstrip('/')}/*.txt'"
+                "give files, or a glob of the files in it"
             )
     for pattern in cfg["embed"]["inputs"]:
         if not glob.glob(os.path.expanduser(pattern)):

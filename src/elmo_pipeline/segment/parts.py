@@ -60,6 +60,7 @@ def segment_part(
     The ``.json`` is written last, so its presence means the part is complete.
     """
     corpus, segment, files = prepare(corpus, segment)
+    _remove_stale_tmp_files(Path(stem))
     stats = SegmentStats(invalid_utf8_action=segment.invalid_utf8)
     log.info("segmenting part %d of %d of %d file(s)", part + 1, n_parts, len(files))
     chunks = iter_line_chunks(files, corpus, stats)
@@ -83,6 +84,15 @@ def segment_part(
     write_json(f"{os.fspath(stem)}.json", meta)
     log.info("part %d of %d: %d sentences", part + 1, n_parts, stats.sentences)
     return meta
+
+
+def _remove_stale_tmp_files(stem: Path) -> None:
+    """Delete this part's temporary files left by a killed job (logged)."""
+    if not stem.parent.is_dir():
+        return
+    for path in sorted(stem.parent.glob(f".{stem.name}.*.tmp")):
+        log.warning("removing %s, left by an interrupted run", path)
+        path.unlink(missing_ok=True)
 
 
 def gather_parts(

@@ -153,8 +153,18 @@ def wrong_encoding_message(
     codec, reason = guess
     return (
         f"{message}; it looks like {codec} ({reason}): set `corpus.encoding: {codec}`, or "
-        f"convert it with `iconv -f {codec.upper()} -t UTF-8 {path.name} > {path.stem}.utf8.txt`"
+        f"convert it with `{_iconv_command(path, codec)}`"
     )
+
+
+def _iconv_command(path: Path, codec: str) -> str:
+    """A shell command converting ``path`` to UTF-8 (decompressing it first if need be)."""
+    cat = {".gz": "zcat", ".xz": "xzcat", ".bz2": "bzcat"}.get(path.suffix.lower())
+    iconv = f"iconv -f {codec.upper()} -t UTF-8"
+    if cat is None:
+        return f"{iconv} {path.name} > {path.stem}.utf8.txt"
+    stem = Path(path.stem).stem
+    return f"{cat} {path.name} | {iconv} > {stem}.utf8.txt"
 
 
 def check_declared_encoding(path: Path, corpus: CorpusSettings) -> None:
