@@ -626,3 +626,29 @@ def test_gbk_in_xz_gets_a_conversion_command_that_decompresses(tmp_path: Path) -
     with pytest.raises(segment.CorpusError) as error:
         list(iter_sentences(path, TOUTIAO_FIELDS))
     assert "`xzcat titles.txt.xz | iconv -f GB18030 -t UTF-8 > titles.utf8.txt`" in str(error.value)
+
+
+def test_a_mostly_invalid_file_stops_after_its_first_thousand_lines(tmp_path: Path) -> None:
+    sample = Path(__file__).parent / "data" / "workflow" / "toutiao_sample.txt"
+    text = sample.read_text(encoding="utf-8") * 5  # 1,500 real lines
+    path = tmp_path / "big_gbk.txt"
+    path.write_bytes(text.encode("gbk"))
+    stats = SegmentStats()
+    with pytest.raises(segment.CorpusError, match="1000 of the first 1000 lines"):
+        list(iter_sentences(path, TOUTIAO_FIELDS, {}, stats))
+    assert stats.lines_read == 1000  # the other 500 lines were never read
+
+
+def test_bad_lines_after_a_clean_start_are_located_not_misnamed(tmp_path: Path) -> None:
+    sample = Path(__file__).parent / "data" / "workflow" / "toutiao_sample.txt"
+    good = sample.read_bytes() * 2  # 600 lines, about 70 KiB of valid UTF-8
+    bad = TOUTIAO.read_text(encoding="utf-8").encode("gbk")  # then 20 GBK lines
+    path = tmp_path / "mixed.txt"
+    path.write_bytes(good + bad)
+    with pytest.raises(segment.CorpusError) as error:
+        list(iter_sentences(path, TOUTIAO_FIELDS))
+    message = str(error.value)
+    assert "20 of 620 lines (3.2%)" in message and "the bad lines come later" in message
+    assert "iconv -f utf-8 -t UTF-8 mixed.txt > /dev/null" in message
+    # utf-8-sig is UTF-8: a UTF-8 file declared so is read, not refused
+    assert list(iter_sentences(TOUTIAO, {**TOUTIAO_FIELDS, "encoding": "utf-8-sig"}))

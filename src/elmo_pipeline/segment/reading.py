@@ -57,9 +57,15 @@ def _mark_invalid(error: UnicodeError) -> tuple[str, int]:
 codecs.register_error(_ERRORS, _mark_invalid)
 
 
+def codec_name(encoding: str) -> str:
+    """Python's name of ``encoding``, with ``utf-8-sig`` as ``utf-8`` (a BOM is dropped anyway)."""
+    name = codecs.lookup(encoding).name
+    return "utf-8" if name == "utf-8-sig" else name
+
+
 def python_codec(encoding: str) -> str:
     """The codec to decode ``encoding`` with: UTF-8 drops a leading byte-order mark."""
-    name = codecs.lookup(encoding).name
+    name = codec_name(encoding)
     return "utf-8-sig" if name == "utf-8" else name
 
 
@@ -145,7 +151,14 @@ def wrong_encoding_message(
         f"{corpus.encoding} (corpus.max_invalid_fraction is {corpus.max_invalid_fraction:g})"
     )
     guess = guess_encoding(read_sample(path))
-    if guess is None or codecs.lookup(guess[0]).name == codecs.lookup(corpus.encoding).name:
+    if guess is not None and codec_name(guess[0]) == codec_name(corpus.encoding):
+        return (
+            f"{message}; its first {SAMPLE_BYTES // 1024} KiB are valid {corpus.encoding}, so "
+            f"the bad lines come later: `iconv -f {corpus.encoding} -t UTF-8 {path.name} "
+            "> /dev/null` names the first bad position (decompress it first if need be); "
+            "or raise corpus.max_invalid_fraction to repair or drop the bad lines"
+        )
+    if guess is None:
         return (
             f"{message}; its encoding is not recognised: convert it to UTF-8 with iconv, "
             "or raise corpus.max_invalid_fraction to repair or drop the bad lines"
@@ -173,7 +186,7 @@ def check_declared_encoding(path: Path, corpus: CorpusSettings) -> None:
     Read as GB18030, UTF-8 Chinese text decodes into valid mojibake that no
     invalid-line count would catch, so the mismatch is checked up front.
     """
-    if codecs.lookup(corpus.encoding).name == "utf-8":
+    if codec_name(corpus.encoding) == "utf-8":
         return
     sample = read_sample(path)
     if not any(byte >= 0x80 for byte in sample) or not _decodes(sample, "utf-8"):
