@@ -212,14 +212,16 @@ def test_char_pipeline_on_jax(tmp_path) -> None:
     assert pq.read_table(tmp_path / "results" / "embeddings").num_rows > 0
 
 
-def test_directory_as_corpus_path_is_named(tmp_path) -> None:
+@pytest.mark.parametrize("pattern", ["texts", "texts/*"])
+def test_directory_as_corpus_path_is_named(tmp_path, pattern) -> None:
+    """A folder, or a glob that matches only folders, is refused before any job runs."""
     config = tiny_config()
-    (tmp_path / "texts").mkdir()
-    config["corpus"]["paths"] = [str(tmp_path / "texts")]
+    (tmp_path / "texts" / "2024").mkdir(parents=True)
+    config["corpus"]["paths"] = [str(tmp_path / pattern)]
     result = snakemake(tmp_path, config, "-n")
     assert result.returncode != 0
     out = result.stdout + result.stderr
-    assert "corpus.paths" in out and "is a directory" in out
+    assert f"corpus.paths: '{tmp_path / pattern}' is a directory" in out
     assert not (tmp_path / "results").exists()
 
 
