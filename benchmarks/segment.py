@@ -32,7 +32,7 @@ from pathlib import Path
 
 import jieba
 
-from elmo_pipeline.common import expand_inputs, open_binary
+from elmo_pipeline.common import expand_inputs
 from elmo_pipeline.segment import (
     LineSegmenter,
     SegmentStats,
@@ -40,6 +40,7 @@ from elmo_pipeline.segment import (
     normalize_text,
     segment_corpus,
 )
+from elmo_pipeline.segment.reading import read_lines
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -70,12 +71,11 @@ def normalised_texts(corpus: dict) -> list[str]:
     stats = SegmentStats()
     texts = []
     for path in expand_inputs(corpus["paths"]):
-        with open_binary(path) as handle:
-            for raw in handle:
-                line = segmenter.decode(raw.rstrip(b"\r\n"), stats)
-                text = segmenter.text_of(line, stats) if line is not None else None
-                if text is not None and (text := normalize_text(text)):
-                    texts.append(text)
+        for decoded in read_lines(path, segmenter.corpus, stats):
+            line = segmenter.repair(decoded)
+            text = segmenter.text_of(line, stats) if line is not None else None
+            if text is not None and (text := normalize_text(text)):
+                texts.append(text)
     return texts
 
 

@@ -23,6 +23,7 @@ from elmo_pipeline.segment import (
     split_token_sentences,
     tokenize_english,
 )
+from elmo_pipeline.segment.jieba_tokenizer import FinalsegCut
 
 DATA = Path(__file__).parent / "data" / "segment"
 PKU_GOLD = DATA / "pku_test_gold_20.utf8"
@@ -106,7 +107,7 @@ def test_stage_tokenizer_gives_exactly_jiebas_tokens(hmm: bool, tmp_path: Path) 
 def test_stage_hmm_gives_exactly_jiebas_finalseg_words() -> None:
     import jieba.finalseg
 
-    ours = segment._FinalsegCut(jieba.finalseg)
+    ours = FinalsegCut(jieba.finalseg)
     texts = ["".join(words) for words in pku_gold_lines()] + toutiao_titles()
     texts += ["海瑟薇", "昆凌", "a1.5%b 中", "！"]
     for text in texts:
@@ -236,7 +237,9 @@ def test_invalid_utf8_is_counted_and_handled(tmp_path: Path, action: str) -> Non
     path = tmp_path / "bad.txt"
     path.write_bytes(titles[0].encode() + b"\n" + bad + b"\n" + titles[2].encode() + b"\n")
     stats = SegmentStats()
-    sentences = list(iter_sentences(path, {}, {"invalid_utf8": action}, stats))
+    # one bad line in three is under this threshold (the default, 1%, stops: tested below)
+    corpus = {"max_invalid_fraction": 0.5}
+    sentences = list(iter_sentences(path, corpus, {"invalid_utf8": action}, stats))
     text = ["".join(s) for s in sentences]
     assert stats.lines_invalid_utf8 == 1 and stats.invalid_utf8_action == action
     if action == "replace":
@@ -358,7 +361,7 @@ def test_shards_heldout_and_stats_are_consistent(tmp_path: Path, mixed_corpus: l
 def test_output_is_deterministic_and_independent_of_threads(
     tmp_path: Path, mixed_corpus: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(segment, "CHUNK_LINES", 7)  # several chunks in flight per worker
+    monkeypatch.setattr(segment.reading, "CHUNK_LINES", 7)  # several chunks in flight per worker
     run_stage(mixed_corpus, tmp_path / "a", seed=3, threads=1)
     run_stage(mixed_corpus, tmp_path / "b", seed=3, threads=2)
     run_stage(mixed_corpus, tmp_path / "c", seed=4, threads=2)
@@ -422,3 +425,230 @@ def test_pretokenized_english_keeps_tokens(tmp_path: Path) -> None:
     )
     assert [t for s in sentences for t in s] == WIKI.read_text(encoding="utf-8").split()
     assert stats.lines_split >= 1
+
+
+# --------------------------------------------------------------------- encodings and bad files
+
+
+def assert_no_output(out_dir: Path) -> None:
+    """Nothing that looks finished (or half-written) is left in the output folder."""
+    left = sorted(p.name for p in out_dir.rglob("*")) if out_dir.exists() else []
+    assert left == [] or left == ["train"], left
+
+
+def run_cli(paths: list[Path], out_dir: Path, **corpus: object) -> tuple[int, str]:
+    """The stage's command line; returns the exit status and the log file's text."""
+    settings = {"corpus": {"paths": [str(p) for p in paths], **corpus}, "segment": {}}
+    log_file = out_dir.parent / "segment.log"
+    argv = ["--settings", json.dumps(settings), "--out-dir", str(out_dir), "--log", str(log_file)]
+    status = segment.main(argv)
+    return status, log_file.read_text(encoding="utf-8")
+
+
+def test_gbk_corpus_stops_with_the_file_share_guess_and_fix(tmp_path: Path) -> None:
+    gbk = tmp_path / "toutiao_gbk.txt"
+    gbk.write_bytes(TOUTIAO.read_text(encoding="utf-8").encode("gbk"))
+    out = tmp_path / "out"
+    status, log_text = run_cli([gbk], out, **TOUTIAO_FIELDS)
+    assert status == 1
+    errors = [line for line in log_text.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "Traceback" not in log_text
+    message = errors[0]
+    assert "toutiao_gbk.txt" in message
+    assert "20 of 20 lines (100.0%) are not valid utf-8" in message
+    assert "looks like gb18030" in message and "`corpus.encoding: gb18030`" in message
+    assert "iconv -f GB18030 -t UTF-8 toutiao_gbk.txt" in message
+    assert_no_output(out)
+
+
+def test_gb18030_setting_reads_a_gbk_file_like_the_utf8_original(tmp_path: Path) -> None:
+    gbk = tmp_path / "toutiao_gbk.txt"
+    gbk.write_bytes(TOUTIAO.read_text(encoding="utf-8").encode("gbk"))
+    expected = list(iter_sentences(TOUTIAO, TOUTIAO_FIELDS))
+    stats = SegmentStats()
+    got = list(iter_sentences(gbk, {**TOUTIAO_FIELDS, "encoding": "gb18030"}, {}, stats))
+    assert got == expected and len(got) > 20
+    assert stats.lines_invalid_utf8 == 0 and stats.lines_read == 20
+
+
+def test_utf8_file_declared_gb18030_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(segment.CorpusError, match="toutiao_dev_20.txt.*valid UTF-8"):
+        list(iter_sentences(TOUTIAO, {**TOUTIAO_FIELDS, "encoding": "gb18030"}))
+
+
+@pytest.mark.parametrize(
+    ("codec", "guess", "reason"),
+    [
+        ("utf-16", "utf-16", "UTF-16 byte-order mark"),
+        ("utf-16-le", "utf-16-le", "UTF-16 little-endian, line ends included"),
+        ("utf-16-be", "utf-16-be", "UTF-16 big-endian, line ends included"),
+    ],
+)
+def test_utf16_corpus_is_recognised_and_readable(
+    tmp_path: Path, codec: str, guess: str, reason: str
+) -> None:
+    path = tmp_path / f"pku_{codec}.txt"
+    path.write_bytes(write_raw_pku(tmp_path / "pku.txt").read_text("utf-8").encode(codec))
+    with pytest.raises(segment.CorpusError) as error:
+        segment_corpus({"paths": [str(path)]}, {}, tmp_path / "out", progress=False)
+    message = str(error.value)
+    assert path.name in message and "are not valid utf-8" in message
+    assert f"looks like {guess}" in message and reason in message
+    assert_no_output(tmp_path / "out")
+    expected = list(iter_sentences(tmp_path / "pku.txt"))
+    assert list(iter_sentences(path, {"encoding": guess})) == expected
+
+
+def test_cr_only_line_ends_split_lines_and_are_counted(tmp_path: Path) -> None:
+    titles = toutiao_titles()
+    lf, cr = tmp_path / "lf.txt", tmp_path / "cr.txt"
+    lf.write_bytes(("\n".join(titles) + "\n").encode())
+    cr.write_bytes(b"\xef\xbb\xbf" + ("\r".join(titles) + "\r").encode())  # with a UTF-8 BOM
+    stats_lf, stats_cr = SegmentStats(), SegmentStats()
+    expected = list(iter_sentences(lf, {}, {}, stats_lf))
+    assert list(iter_sentences(cr, {}, {}, stats_cr)) == expected
+    assert stats_cr.lines_read == stats_lf.lines_read == 20
+    assert stats_cr.lines_ending_cr == 20 and stats_lf.lines_ending_cr == 0
+    assert "\ufeff" not in expected[0][0]
+
+
+def test_truncated_gzip_is_named_in_one_line(tmp_path: Path) -> None:
+    whole = gzip.compress(TOUTIAO.read_bytes())
+    cut = tmp_path / "toutiao.txt.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    out = tmp_path / "out"
+    status, log_text = run_cli([cut], out, **TOUTIAO_FIELDS)
+    assert status == 1 and "Traceback" not in log_text
+    (error,) = [line for line in log_text.splitlines() if " ERROR " in line]
+    assert "toutiao.txt.gz" in error and "the compressed file is truncated" in error
+    assert_no_output(out)
+
+
+def test_directory_as_corpus_path_is_named(tmp_path: Path) -> None:
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "sub").mkdir()
+    out = tmp_path / "out"
+    for pattern in (folder, folder / "*"):  # the folder itself, a glob of only folders
+        status, log_text = run_cli([pattern], out)
+        assert status == 1 and "Traceback" not in log_text
+        (error,) = [line for line in log_text.splitlines() if " ERROR " in line]
+        assert str(pattern) in error and "is a directory" in error
+    assert_no_output(out)
+
+
+def test_stale_temporary_folders_are_removed_and_logged(
+    tmp_path: Path, mixed_corpus: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    stale = tmp_path / "out" / ".segment-killed.tmp"
+    stale.mkdir(parents=True)
+    (stale / "0.txt").write_text("half a shard\n", encoding="utf-8")
+    run_stage(mixed_corpus, tmp_path / "out")
+    assert not stale.exists()
+    assert "removing" in caplog.text and ".segment-killed.tmp" in caplog.text
+
+
+def test_settings_defaults_are_the_schema_defaults() -> None:
+    import dataclasses
+
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text())
+    for cls, section in ((segment.CorpusSettings, "corpus"), (segment.SegmentSettings, "segment")):
+        properties = schema["properties"][section]["properties"]
+        for f in dataclasses.fields(cls):
+            if f.name == "paths":
+                continue
+            assert properties[f.name]["default"] == f.default, f"{section}.{f.name}"
+        assert set(properties) == {f.name for f in dataclasses.fields(cls)}, section
+
+
+# --------------------------------------------------------------------------- sharded runs
+
+
+def all_outputs(out_dir: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(out_dir)): p.read_bytes()
+        for p in sorted(out_dir.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("n_parts", [1, 2, 3])
+def test_parts_and_gather_write_what_one_run_writes(
+    tmp_path: Path, mixed_corpus: list[str], monkeypatch: pytest.MonkeyPatch, n_parts: int
+) -> None:
+    monkeypatch.setattr(segment.reading, "CHUNK_LINES", 9)  # 40 lines: 5 chunks, uneven parts
+    corpus = {"paths": mixed_corpus, "language": "zh", "n_shards": 3, "heldout_fraction": 0.1}
+    seg = {"max_sentence_tokens": 30}
+    segment_corpus(corpus, seg, tmp_path / "whole", progress=False)
+    stems = [tmp_path / "parts" / f"{i + 1}-of-{n_parts}" for i in range(n_parts)]
+    for index, stem in enumerate(stems):
+        segment.segment_part(corpus, seg, index, n_parts, stem, threads=1 + index % 2)
+    chunks = [len(read_json_file(f"{stem}.json")["chunk_sentences"]) for stem in stems]
+    assert sum(chunks) == 5 and max(chunks) - min(chunks) <= 1
+    segment.gather_parts(corpus, seg, list(reversed(stems)), tmp_path / "gathered")
+    whole = all_outputs(tmp_path / "whole")
+    assert sorted(whole) == ["heldout.txt", "stats.json"] + [
+        f"train/shard-0000{i}.txt" for i in range(3)
+    ]
+    assert all_outputs(tmp_path / "gathered") == whole
+
+
+def test_a_part_removes_its_stale_temporary_files(tmp_path: Path, mixed_corpus: list[str]) -> None:
+    stale = tmp_path / ".1-of-2.txt.x1y2.tmp"
+    other = tmp_path / ".2-of-2.txt.x1y2.tmp"  # another part's, maybe being written now
+    stale.write_text("half a part\n", encoding="utf-8")
+    other.write_text("half a part\n", encoding="utf-8")
+    segment.segment_part({"paths": mixed_corpus}, {}, 0, 2, tmp_path / "1-of-2", progress=False)
+    assert not stale.exists() and other.exists()
+    assert (tmp_path / "1-of-2.json").exists()
+
+
+def test_gather_refuses_parts_of_other_settings(tmp_path: Path, mixed_corpus: list[str]) -> None:
+    corpus = {"paths": mixed_corpus, "language": "zh"}
+    segment.segment_part(corpus, {}, 0, 2, tmp_path / "1-of-2")
+    segment.segment_part(corpus, {"hmm": False}, 1, 2, tmp_path / "2-of-2")
+    with pytest.raises(ValueError, match="2-of-2 was made from other inputs or settings"):
+        segment.gather_parts(corpus, {}, [tmp_path / "1-of-2", tmp_path / "2-of-2"], tmp_path / "o")
+    with pytest.raises(ValueError, match="not parts 1..1"):
+        segment.gather_parts(corpus, {}, [tmp_path / "2-of-2"], tmp_path / "o")
+    assert_no_output(tmp_path / "o")
+
+
+def read_json_file(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def test_gbk_in_xz_gets_a_conversion_command_that_decompresses(tmp_path: Path) -> None:
+    path = tmp_path / "titles.txt.xz"
+    path.write_bytes(lzma.compress(TOUTIAO.read_text(encoding="utf-8").encode("gb18030")))
+    with pytest.raises(segment.CorpusError) as error:
+        list(iter_sentences(path, TOUTIAO_FIELDS))
+    assert "`xzcat titles.txt.xz | iconv -f GB18030 -t UTF-8 > titles.utf8.txt`" in str(error.value)
+
+
+def test_a_mostly_invalid_file_stops_after_its_first_thousand_lines(tmp_path: Path) -> None:
+    sample = Path(__file__).parent / "data" / "workflow" / "toutiao_sample.txt"
+    text = sample.read_text(encoding="utf-8") * 5  # 1,500 real lines
+    path = tmp_path / "big_gbk.txt"
+    path.write_bytes(text.encode("gbk"))
+    stats = SegmentStats()
+    with pytest.raises(segment.CorpusError, match="1000 of the first 1000 lines"):
+        list(iter_sentences(path, TOUTIAO_FIELDS, {}, stats))
+    assert stats.lines_read == 1000  # the other 500 lines were never read
+
+
+def test_bad_lines_after_a_clean_start_are_located_not_misnamed(tmp_path: Path) -> None:
+    sample = Path(__file__).parent / "data" / "workflow" / "toutiao_sample.txt"
+    good = sample.read_bytes() * 2  # 600 lines, about 70 KiB of valid UTF-8
+    bad = TOUTIAO.read_text(encoding="utf-8").encode("gbk")  # then 20 GBK lines
+    path = tmp_path / "mixed.txt"
+    path.write_bytes(good + bad)
+    with pytest.raises(segment.CorpusError) as error:
+        list(iter_sentences(path, TOUTIAO_FIELDS))
+    message = str(error.value)
+    assert "20 of 620 lines (3.2%)" in message and "the bad lines come later" in message
+    assert "iconv -f utf-8 -t UTF-8 mixed.txt > /dev/null" in message
+    # utf-8-sig is UTF-8: a UTF-8 file declared so is read, not refused
+    assert list(iter_sentences(TOUTIAO, {**TOUTIAO_FIELDS, "encoding": "utf-8-sig"}))

@@ -5,7 +5,9 @@ These run the real ``snakemake`` on a tiny corpus in a temporary directory.
 
 from __future__ import annotations
 
+import itertools
 import json
+import lzma
 import re
 import subprocess
 import sys
@@ -235,3 +237,52 @@ def test_char_pipeline_on_jax(tmp_path) -> None:
     heldout = (tmp_path / "results" / "corpus" / "heldout.txt").read_text("utf-8").splitlines()
     assert pq.read_table(tmp_path / "results" / "embeddings").num_rows == len(heldout) > 0
     assert_embeddings_come_from_model(tmp_path / "results")  # embedded on JAX, recomputed on TF
+
+
+@pytest.mark.parametrize("pattern", ["texts", "texts/*"])
+def test_directory_as_corpus_path_is_named(tmp_path, pattern) -> None:
+    """A folder, or a glob that matches only folders, is refused before any job runs."""
+    config = tiny_config()
+    (tmp_path / "texts" / "2024").mkdir(parents=True)
+    config["corpus"]["paths"] = [str(tmp_path / pattern)]
+    result = snakemake(tmp_path, config, "-n")
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert f"corpus.paths: '{tmp_path / pattern}' is a directory" in out
+    assert not (tmp_path / "results").exists()
+
+
+def test_sharded_segmentation_writes_what_one_job_writes(tmp_path) -> None:
+    """Three segment jobs (--set-scatter) and one give byte-identical corpus outputs."""
+    corpus = tmp_path / "toutiao_5000.txt"
+    with lzma.open(REPO / "resources" / "toutiao" / "toutiao_cat_data.txt.xz", "rt") as f:
+        corpus.write_text("".join(itertools.islice(f, 5000)), encoding="utf-8")
+    config = tiny_config()
+    config["corpus"]["paths"] = [str(corpus)]
+    target = "results/corpus/stats.json"
+    outputs = {}
+    for n_jobs in (1, 3):
+        workdir = tmp_path / f"n{n_jobs}"
+        workdir.mkdir()
+        scatter = ("--set-scatter", f"segment={n_jobs}")
+        planned = snakemake(workdir, config, "-n", target, *scatter).stdout
+        assert re.search(rf"^segment_part\s+{n_jobs}\s*$", planned, flags=re.MULTILINE), planned
+        result = snakemake(workdir, config, "--cores", "2", target, *scatter)
+        assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+        corpus_dir = workdir / "results" / "corpus"
+        outputs[n_jobs] = {
+            str(p.relative_to(corpus_dir)): p.read_bytes()
+            for p in sorted(corpus_dir.rglob("*"))
+            if p.is_file()
+        }
+        assert not (corpus_dir / "parts").exists() or not any((corpus_dir / "parts").iterdir())
+        assert len(list((workdir / "logs" / "segment").glob("part-*-of-*.log"))) == n_jobs
+        assert planned_rules(snakemake(workdir, config, "-n", target, *scatter)) == set()
+    assert sorted(outputs[1]) == [
+        "heldout.txt",
+        "stats.json",
+        "train/shard-00000.txt",
+        "train/shard-00001.txt",
+    ]
+    assert json.loads(outputs[1]["stats.json"])["lines_read"] == 5000
+    assert outputs[3] == outputs[1]

@@ -38,8 +38,13 @@ def expand_inputs(patterns: str | os.PathLike | Iterable[str | os.PathLike]) -> 
     files: list[Path] = []
     for pattern in patterns:
         pattern = os.fspath(pattern)
-        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-        matches = [m for m in matches if os.path.isfile(m)]
+        found = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        matches = [m for m in found if os.path.isfile(m)]
+        if not matches and found:
+            raise IsADirectoryError(
+                f"input {pattern!r} is a directory, or matches only directories: "
+                f"give files or a glob such as '{pattern.rstrip('/')}/*.txt'"
+            )
         if not matches:
             raise FileNotFoundError(f"input {pattern!r} matches no file")
         files.extend(Path(m) for m in matches)

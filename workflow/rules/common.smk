@@ -47,8 +47,14 @@ def check_config(cfg):
             f"({lstm['projection_dim']}) (or be null) to initialise the token embedding"
         )
     for pattern in cfg["corpus"]["paths"]:
-        if not glob.glob(os.path.expanduser(pattern)):
+        found = glob.glob(os.path.expanduser(pattern))
+        if not found:
             raise ConfigError(f"corpus.paths: {pattern!r} matches no file")
+        if not any(os.path.isfile(f) for f in found):
+            raise ConfigError(
+                f"corpus.paths: {pattern!r} is a directory or matches only directories; "
+                "give files, or a glob of the files in it"
+            )
     for pattern in cfg["embed"]["inputs"]:
         if not glob.glob(os.path.expanduser(pattern)):
             raise ConfigError(f"embed.inputs: {pattern!r} matches no file")
@@ -76,7 +82,8 @@ def as_json(obj):
 
 
 def corpus_files():
-    return sorted({f for p in config["corpus"]["paths"] for f in glob.glob(os.path.expanduser(p))})
+    files = {f for p in config["corpus"]["paths"] for f in glob.glob(os.path.expanduser(p))}
+    return sorted(f for f in files if os.path.isfile(f))
 
 
 def word2vec_settings():

@@ -1,0 +1,176 @@
+"""The ``corpus`` and ``segment`` settings of the stage, and the counters of stats.json.
+
+The dataclass defaults are those of config/schema.yaml; tests/test_segment.py
+compares the two, so a default changed in one place and not the other fails.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+LANGUAGES = ("zh", "en", "pretokenized")
+FORMATS = ("lines", "fields")
+INVALID_UTF8_ACTIONS = ("replace", "skip")
+
+
+@dataclass(frozen=True)
+class CorpusSettings:
+    """The ``corpus`` config section (defaults as in config/schema.yaml)."""
+
+    paths: tuple[str, ...] = ()
+    format: str = "lines"
+    delimiter: str = "\t"
+    field: int = 0
+    language: str = "zh"
+    encoding: str = "utf-8"
+    max_invalid_fraction: float = 0.01
+    heldout_fraction: float = 0.01
+    n_shards: int = 4
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        _check_choice("corpus.format", self.format, FORMATS)
+        _check_choice("corpus.language", self.language, LANGUAGES)
+        if self.format == "fields" and not self.delimiter:
+            raise ValueError("corpus.delimiter must be a non-empty string for format 'fields'")
+        if self.field < 0:
+            raise ValueError(f"corpus.field must be >= 0, got {self.field}")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(
+                f"corpus.encoding {self.encoding!r} is not an encoding Python knows "
+                "(e.g. utf-8, gb18030, big5, utf-16)"
+            ) from None
+        if not 0.0 <= self.max_invalid_fraction <= 1.0:
+            raise ValueError(
+                f"corpus.max_invalid_fraction must be in [0, 1], got {self.max_invalid_fraction}"
+            )
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ValueError(
+                f"corpus.heldout_fraction must be in [0, 1), got {self.heldout_fraction}"
+            )
+        if self.n_shards < 1:
+            raise ValueError(f"corpus.n_shards must be >= 1, got {self.n_shards}")
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """The ``segment`` config section (defaults as in config/schema.yaml)."""
+
+    hmm: bool = True
+    user_dict: str | None = None
+    normalize: bool = True
+    lowercase: bool = False
+    split_sentences: bool = True
+    max_sentence_tokens: int | None = 200
+    invalid_utf8: str = "replace"
+
+    def __post_init__(self) -> None:
+        _check_choice("segment.invalid_utf8", self.invalid_utf8, INVALID_UTF8_ACTIONS)
+        if self.max_sentence_tokens is not None and self.max_sentence_tokens < 1:
+            raise ValueError(
+                f"segment.max_sentence_tokens must be >= 1 or null, got {self.max_sentence_tokens}"
+            )
+
+
+def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}")
+
+
+def _from_mapping(cls: type, section: str, values: Mapping[str, Any] | Any) -> Any:
+    """Build a settings dataclass from a config section, naming unknown keys."""
+    if isinstance(values, cls):
+        return values
+    if values is None:
+        values = {}
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        log.warning("ignoring unknown %s settings: %s", section, ", ".join(unknown))
+    kwargs = {k: v for k, v in values.items() if k in known}
+    if "paths" in kwargs:
+        paths = kwargs["paths"]
+        kwargs["paths"] = (paths,) if isinstance(paths, str | os.PathLike) else tuple(paths)
+        kwargs["paths"] = tuple(os.fspath(p) for p in kwargs["paths"])
+    if kwargs.get("user_dict") is not None:
+        kwargs["user_dict"] = os.fspath(kwargs["user_dict"])
+    return cls(**kwargs)
+
+
+def corpus_settings(values: Mapping[str, Any] | CorpusSettings | None) -> CorpusSettings:
+    """Validate a ``corpus`` config section (a dict as in config.yaml)."""
+    return _from_mapping(CorpusSettings, "corpus", values)
+
+
+def segment_settings(values: Mapping[str, Any] | SegmentSettings | None) -> SegmentSettings:
+    """Validate a ``segment`` config section (a dict as in config.yaml)."""
+    return _from_mapping(SegmentSettings, "segment", values)
+
+
+def settings_dict(settings: CorpusSettings | SegmentSettings) -> dict[str, Any]:
+    """A settings dataclass as a JSON-ready dict (paths as a list), for stats.json."""
+    values = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    if "paths" in values:
+        values["paths"] = list(values["paths"])
+    return values
+
+
+@dataclass
+class SegmentStats:
+    """Counters written to stats.json; every dropped or repaired line is counted here.
+
+    The reader (one process) fills the first group for every line it reads;
+    the workers fill the second (:data:`WORKER_COUNTERS`) for the lines they
+    segment, and the parent adds them up.
+    """
+
+    files_read: int = 0
+    lines_read: int = 0
+    lines_invalid_utf8: int = 0  # invalid in corpus.encoding (UTF-8 by default)
+    invalid_utf8_action: str = "replace"
+    lines_ending_cr: int = 0  # lines ended by a lone CR (old Mac files), split there
+    lines_empty: int = 0
+    lines_too_few_fields: int = 0
+    lines_split: int = 0  # lines that sentence splitting turned into >= 2 sentences
+    sentences_cut: int = 0  # sentences longer than max_sentence_tokens, cut into pieces
+    pieces_from_cut_sentences: int = 0
+    characters: int = 0
+    sentences: int = 0
+    tokens: int = 0
+
+    def worker_counts(self) -> dict[str, int]:
+        """The counters a worker fills in, for sending back to the parent."""
+        return {name: getattr(self, name) for name in WORKER_COUNTERS}
+
+    def reader_counts(self) -> dict[str, int]:
+        """The counters the reader fills in (the same in every part of a sharded run)."""
+        return {name: getattr(self, name) for name in READER_COUNTERS}
+
+    def add(self, counts: Mapping[str, int]) -> None:
+        for name, value in counts.items():
+            setattr(self, name, getattr(self, name) + value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+READER_COUNTERS = ("files_read", "lines_read", "lines_invalid_utf8", "lines_ending_cr")
+WORKER_COUNTERS = (
+    "lines_empty",
+    "lines_too_few_fields",
+    "lines_split",
+    "sentences_cut",
+    "pieces_from_cut_sentences",
+    "characters",
+    "sentences",
+    "tokens",
+)
