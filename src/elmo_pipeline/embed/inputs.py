@@ -112,6 +112,7 @@ def _segmented(
 
 
 def _write_scratch(lines: Iterable[bytes], scratch: Path) -> Path:
+    scratch.parent.mkdir(parents=True, exist_ok=True)
     with open(scratch, "wb") as handle:
         handle.writelines(lines)
     return scratch
