@@ -65,6 +65,16 @@ def test_existing_output_is_refused_before_the_model_is_loaded(tmp_path, heldout
     assert code == 1 and len(errors) == 1 and "no-model' does not exist" in errors[0]
 
 
+def test_an_empty_output_folder_needs_no_overwrite(tmp_path, heldout, capfd):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing_model = str(tmp_path / "no-model")
+    code, errors = run_main(
+        capfd, "--model", missing_model, "--pretokenized", str(heldout), "--out-dir", str(empty)
+    )
+    assert code == 1 and len(errors) == 1 and "no-model' does not exist" in errors[0]
+
+
 def test_overwrite_never_replaces_other_data(tmp_path, heldout, capfd):
     folder = tmp_path / "mine"
     folder.mkdir()

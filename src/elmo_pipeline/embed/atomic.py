@@ -120,7 +120,10 @@ def _replace(temp: Path, target: Path) -> None:
         os.rename(target, old)
         os.rename(temp, target)
         shutil.rmtree(old, ignore_errors=True)
+        log.info("replaced the earlier %s", target)
     else:
+        if target.exists():
+            log.info("replaced the earlier %s", target)
         os.replace(temp, target)
 
 

@@ -2,9 +2,10 @@
 
 The output (``--output`` file or ``--out-dir`` dataset) is checked before the model is
 loaded or any sentence read: its folder must be writable, and an existing output is
-replaced only with ``--overwrite`` (and only when it is an output of the same kind: a
-Parquet file for ``--output``, a dataset directory of parts and ``_stats.json`` for
-``--out-dir``), so a mistake is found in a second, not after the whole input was embedded.
+replaced only with ``--overwrite`` (an empty folder needs none), and then only when it is
+an output of the same kind (a Parquet file for ``--output``; for ``--out-dir`` a directory
+of parts and ``_stats.json``), so a mistake is found in a second, not after the whole
+input was embedded.
 Expected errors (bad settings, missing inputs, broken model files) are one line in the log
 and exit status 1.
 """
@@ -63,7 +64,8 @@ def _backend(settings: Mapping[str, Any]) -> str | None:
 
 def check_output(target: Path, directory: bool, overwrite: bool) -> None:
     """Fail now, before any work, if ``target`` cannot or must not be written."""
-    if target.exists() or target.is_symlink():
+    empty_dir = directory and target.is_dir() and not any(target.iterdir())
+    if (target.exists() or target.is_symlink()) and not empty_dir:
         if not overwrite:
             raise ValueError(f"{target} already exists; pass --overwrite to replace it")
         check_replaceable(target, directory)
