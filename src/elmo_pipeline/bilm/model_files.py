@@ -89,7 +89,7 @@ def read_options(path: str | os.PathLike) -> dict[str, Any]:
         raise ModelFileError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except json.JSONDecodeError as err:
         raise ModelFileError(
-            f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); "
+            f"{path}: not valid JSON ({err.msg}, line {err.lineno} column {err.colno}); "
             "is the file truncated?"
         ) from None
     if not isinstance(options, dict):
