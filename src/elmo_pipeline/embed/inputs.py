@@ -7,6 +7,8 @@ stage reads them). Every line is segmented on its own, so the shards together gi
 the sentences of the whole input, in order. A shard of already segmented input knows its
 rows' ids (one row per line); a shard of raw text cannot (a line may give several
 sentences), so its ids count from 0 and ``elmo_pipeline.embed.gather`` renumbers them.
+Each shard job reads the whole input once to count its lines (a pass over the bytes, cheap
+next to embedding), and copies its raw lines to a scratch file for the segmenter.
 """
 
 from __future__ import annotations

@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from elmo_pipeline.common import parse_settings, setup_logging
-from elmo_pipeline.embed.atomic import check_replaceable, check_writable_parent, temp_sibling
+from elmo_pipeline.embed.atomic import (
+    check_replaceable,
+    check_writable_parent,
+    remove_stale_temps,
+    temp_sibling,
+)
 from elmo_pipeline.embed.inputs import DEFAULT_HELDOUT, InputSource, Shard, input_sentences
 from elmo_pipeline.embed.record_batches import ALL_OUTPUTS, DTYPES, check_outputs
 from elmo_pipeline.embed.writing import write_embeddings, write_embeddings_file
@@ -63,7 +68,9 @@ def _backend(settings: Mapping[str, Any]) -> str | None:
 
 
 def check_output(target: Path, directory: bool, overwrite: bool) -> None:
-    """Fail now, before any work, if ``target`` cannot or must not be written."""
+    """Fail now, before any work, if ``target`` cannot or must not be written (and clear
+    what killed runs left for it)."""
+    remove_stale_temps(target)
     empty_dir = directory and target.is_dir() and not any(target.iterdir())
     if (target.exists() or target.is_symlink()) and not empty_dir:
         if not overwrite:
