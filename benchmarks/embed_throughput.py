@@ -100,7 +100,7 @@ def worker(size: str, batch_size: int, repeats: int) -> dict:
     def one_pass() -> float:
         # Every pass starts with an empty token-vector cache: each pass is a fresh stream of
         # this text, not a replay of tokens already encoded.
-        embedder._token_vectors.clear()
+        embedder.token_vectors.cache.clear()
         started = time.perf_counter()
         for batch in batches:
             embedder.embed(batch)
@@ -111,7 +111,7 @@ def worker(size: str, batch_size: int, repeats: int) -> dict:
     # once it is common, borrowing a larger compiled one before), so the timed passes measure
     # the steady state of a long embed run.
     warmup_passes = 0
-    while warmup_passes < 5 and not set(embedder._wanted) <= embedder._compiled:
+    while warmup_passes < 5 and not set(embedder.shapes.wanted) <= embedder.shapes.compiled:
         one_pass()
         warmup_passes += 1
     warm = [one_pass() for _ in range(repeats)]
@@ -124,7 +124,7 @@ def worker(size: str, batch_size: int, repeats: int) -> dict:
         "load_s": round(load_s, 2),
         "cold_pass_s": round(cold, 2),
         "warmup_passes": warmup_passes,
-        "compiled_shapes": len(embedder._compiled),
+        "compiled_shapes": len(embedder.shapes.compiled),
         "best_pass_s": round(min(warm), 3),
         "tokens_per_s": round(tokens / min(warm)),
         "median_tokens_per_s": round(tokens / statistics.median(warm)),

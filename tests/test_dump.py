@@ -302,3 +302,31 @@ def test_cli_dumps_the_training_model_written_by_train(tmp_path):
     top = keras.ops.convert_to_numpy(outs[1])
     want = np.concatenate([top[0], top[1][:, ::-1]], axis=-1)[0, 1:-1]
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("broken", "cause"),
+    [
+        ("model.weights.h5", "cannot be read as HDF5 (Unable to synchronously open file"),
+        ("train_options.json", "not valid JSON ("),
+    ],
+)
+def test_cli_names_a_truncated_training_file_in_one_line(tmp_path, capfd, broken, cause):
+    model_module = pytest.importorskip("elmo_pipeline.bilm.model")
+    train_options = {**copy.deepcopy(CHAR_OPTIONS), "input": "char", "n_negative_samples_batch": 4}
+    model = model_module.build_training_model(train_options, len(VOCAB))
+    bilm_dir = tmp_path / "bilm"
+    bilm_dir.mkdir()
+    model.save_weights(bilm_dir / "model.weights.h5")
+    (bilm_dir / "train_options.json").write_text(json.dumps(train_options), encoding="utf-8")
+    data = (bilm_dir / broken).read_bytes()
+    (bilm_dir / broken).write_bytes(data[: len(data) // 2])
+    vocab_file = tmp_path / "vocab.txt"
+    vocab_file.write_text("".join(t + "\n" for t in VOCAB), encoding="utf-8")
+    argv = ["--bilm-dir", str(bilm_dir), "--vocab", str(vocab_file)]
+    assert dump.main([*argv, "--out-dir", str(tmp_path / "model")]) == 1
+    err = capfd.readouterr().err
+    errors = [line for line in err.splitlines() if " ERROR " in line]
+    assert "Traceback" not in err and len(errors) == 1, err
+    assert f"{bilm_dir / broken}: {cause}" in errors[0]
+    assert not (tmp_path / "model").exists()

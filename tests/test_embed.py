@@ -325,8 +325,8 @@ def test_input_sentences_segments_raw_text_like_the_corpus(tmp_path):
     raw.write_text("".join("".join(line.split()) + "\n" for line in lines), encoding="utf-8")
     corpus = {"language": "zh", "format": "lines"}
     segment = {"normalize": False, "split_sentences": False, "max_sentence_tokens": None}
-    sentences, seg_stats, source = E.input_sentences([raw], None, corpus, segment)
-    sentences = list(sentences)
+    found = E.input_sentences([raw], None, corpus, segment)
+    sentences, seg_stats, source = list(found.sentences), found.seg_stats, found.metadata
     assert ["".join(s) for s in sentences] == ["".join(line.split()) for line in lines]
     assert sum(map(len, sentences)) > len(sentences)  # jieba split the lines into words
     assert source == {"inputs": [str(raw)], "segmented": True}
@@ -334,9 +334,9 @@ def test_input_sentences_segments_raw_text_like_the_corpus(tmp_path):
 
     heldout = tmp_path / "heldout.txt"
     heldout.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    pretok, none, source = E.input_sentences([], [heldout])
-    assert list(pretok) == [line.split() for line in lines] and none is None
-    assert source["segmented"] is False
+    found = E.input_sentences([], [heldout])
+    assert list(found.sentences) == [line.split() for line in lines] and found.seg_stats is None
+    assert found.metadata["segmented"] is False
 
 
 # ---------------------------------------------------------------- with the real Embedder

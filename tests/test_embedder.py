@@ -13,15 +13,17 @@ pytestmark = pytest.mark.keras
 
 keras = pytest.importorskip("keras")
 
-from elmo_pipeline.bilm import embedder as embedder_module  # noqa: E402
+from elmo_pipeline.bilm import forward  # noqa: E402
 from elmo_pipeline.bilm.chars import sentences_char_ids  # noqa: E402
-from elmo_pipeline.bilm.embedder import (  # noqa: E402
-    Embedder,
+from elmo_pipeline.bilm.embedder import Embedder  # noqa: E402
+from elmo_pipeline.bilm.forward import (  # noqa: E402
+    ShapeChooser,
     bucket_rows,
     bucket_steps,
     plan_groups,
 )
 from elmo_pipeline.bilm.layers import CharCNNEncoder  # noqa: E402
+from elmo_pipeline.bilm.model_files import ModelFileError  # noqa: E402
 from elmo_pipeline.bilm.weights import (  # noqa: E402
     options_to_layers,
     save_bilm_tf_weights,
@@ -281,15 +283,15 @@ def test_buckets_bound_compiled_shapes():
     assert bucket_rows(20, 24) == 24
 
 
-def test_rare_shapes_borrow_a_compiled_shape_until_common(char_embedder):
-    embedder = char_embedder
-    embedder._compiled, embedder._wanted = {(16, 64)}, {}
-    assert embedder._choose_shape(8, 64) == (16, 64)  # 2x larger: borrowed
-    assert embedder._choose_shape(2, 8) == (2, 8)  # nothing close: compiled
-    for _ in range(embedder_module.COMPILE_AFTER - 1):
-        assert embedder._choose_shape(8, 64) == (16, 64)
-    assert embedder._choose_shape(8, 64) == (8, 64)  # now common: its own shape
-    assert {(2, 8), (8, 64), (16, 64)} == embedder._compiled
+def test_rare_shapes_borrow_a_compiled_shape_until_common():
+    shapes = ShapeChooser()
+    shapes.compiled.add((16, 64))
+    assert shapes.choose(8, 64) == (16, 64)  # 2x larger: borrowed
+    assert shapes.choose(2, 8) == (2, 8)  # nothing close: compiled
+    for _ in range(forward.COMPILE_AFTER - 1):
+        assert shapes.choose(8, 64) == (16, 64)
+    assert shapes.choose(8, 64) == (8, 64)  # now common: its own shape
+    assert {(2, 8), (8, 64), (16, 64)} == shapes.compiled
 
 
 def test_plan_groups_covers_every_row_once_and_separates_lengths():
@@ -312,6 +314,55 @@ def test_token_cache_bound_does_not_change_vectors(char_model, char_embedder):
     for sentences in (SENTENCES[:3], SENTENCES[2:]):  # more distinct tokens than the cache
         want = char_embedder.embed(sentences)
         got = tiny.embed(sentences)
-        assert len(tiny._token_vectors) <= 3
+        assert len(tiny.token_vectors.cache) <= 3
         for key in ("word_emb", "lstm_outputs2", "default"):
             np.testing.assert_allclose(got[key], want[key], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("sentences", "pattern"),
+    [
+        ([["a"], [1, 2, 3]], r"sentence 1 has a token of type int at position 0"),
+        ([["a", None]], r"sentence 0 has a token of type NoneType at position 1"),
+        ([["ok"], ["x"], [b"bytes"]], r"sentence 2 has a token of type bytes"),
+    ],
+)
+def test_non_string_tokens_are_a_type_error_naming_the_sentence(char_embedder, sentences, pattern):
+    with pytest.raises(TypeError, match=pattern):
+        char_embedder.embed(sentences)
+
+
+# ----------------------------------------------------------------------------- broken files
+
+
+def _copy_model(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for path in src.iterdir():
+        (dst / path.name).write_bytes(path.read_bytes())
+    return dst
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_truncated_weights_file_is_named(token_model, tmp_path):
+    model_dir = _copy_model(token_model[0], tmp_path / "m")
+    _truncate(model_dir / "weights.hdf5")
+    with pytest.raises(ModelFileError, match=r"weights\.hdf5: cannot be read as HDF5 \(.*trunc"):
+        Embedder.from_dir(model_dir)
+
+
+def test_truncated_options_file_is_named(token_model, tmp_path):
+    model_dir = _copy_model(token_model[0], tmp_path / "m")
+    _truncate(model_dir / "options.json")
+    with pytest.raises(ModelFileError, match=r"options\.json: not valid JSON .*truncated"):
+        Embedder.from_dir(model_dir)
+
+
+def test_vocabulary_of_the_wrong_length_blames_vocab_txt(token_model, tmp_path):
+    model_dir = _copy_model(token_model[0], tmp_path / "m")
+    (model_dir / "vocab.txt").write_text("\n".join(TOKEN_VOCAB[:-2]) + "\n", encoding="utf-8")
+    with pytest.raises(ModelFileError, match=r"vocab\.txt: has 6 tokens but the 'embedding' in "):
+        Embedder.from_dir(model_dir)

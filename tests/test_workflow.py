@@ -212,7 +212,7 @@ def test_word2vec_change_reruns_only_word2vec_and_consumers(token_run: Path) -> 
     config = tiny_config(input="token")
     config["word2vec"]["epochs"] = 3
     planned = planned_rules(snakemake(token_run, config, "-n"))
-    assert planned == {"word2vec", "train_bilm", "dump_weights", "embed", "all"}
+    assert planned == {"word2vec", "train_bilm", "dump_weights", "embed_shard", "embed", "all"}
 
 
 def test_vocab_change_reruns_vocab_and_downstream_not_segment(token_run: Path) -> None:

@@ -146,12 +146,15 @@ def dump_layers(
 
 def load_trained_layers(bilm_dir: str | os.PathLike, n_vocab: int):
     """Rebuild the training model (``bilm.model.build_training_model``) and load its weights."""
+    from elmo_pipeline.bilm.model_files import ModelFileError, check_hdf5_readable, read_options
+
     bilm_dir = Path(bilm_dir)
     options_path, weights_path = bilm_dir / TRAIN_OPTIONS, bilm_dir / KERAS_WEIGHTS
     for path in (options_path, weights_path):
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist (has train_bilm finished?)")
-    train_options = read_json(options_path)
+    train_options = read_options(options_path)
+    check_hdf5_readable(weights_path)
     check_exportable(train_options)
     trained_vocab = train_options.get("n_vocab")
     if trained_vocab is not None and int(trained_vocab) != n_vocab:
@@ -162,7 +165,10 @@ def load_trained_layers(bilm_dir: str | os.PathLike, n_vocab: int):
     from elmo_pipeline.bilm.model import build_training_model
 
     model = build_training_model(train_options, n_vocab)
-    model.load_weights(weights_path)
+    try:
+        model.load_weights(weights_path)
+    except (OSError, KeyError) as err:  # damaged past what opening it checks
+        raise ModelFileError(f"{weights_path}: cannot load the weights ({err})") from None
     return model.token_encoder, model.lstm, train_options
 
 
@@ -182,7 +188,12 @@ def _set_backend_from_options(bilm_dir: str | os.PathLike) -> None:
     path = Path(bilm_dir) / TRAIN_OPTIONS
     if "KERAS_BACKEND" in os.environ or not path.is_file():
         return
-    options = read_json(path)
+    try:
+        options = read_json(path)
+    except ValueError:
+        return  # a broken file is reported, by name, when it is read for the model
+    if not isinstance(options, dict):
+        return
     backend = options.get("backend") or (options.get("bilm") or {}).get("backend")
     if backend:
         os.environ["KERAS_BACKEND"] = str(backend)

@@ -4,6 +4,7 @@
 import glob
 import json
 import os
+import shlex
 import sys
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
@@ -93,11 +94,24 @@ def word2vec_settings():
     return settings
 
 
+def embed_input_files():
+    """embed.inputs with their globs expanded (Snakemake takes input paths literally), or
+    the held-out text; sorted and without repeats, as the embed stage reads them."""
+    patterns = config["embed"]["inputs"]
+    if not patterns:
+        return ["results/corpus/heldout.txt"]
+    files = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        files += [f for f in matches if os.path.isfile(f) and f not in files]
+    return files
+
+
 def embed_input_args(wildcards, input):
     """Raw files from embed.inputs are segmented; the held-out text already is."""
     if config["embed"]["inputs"]:
-        return "--inputs " + " ".join(input.texts)
-    return "--pretokenized " + " ".join(input.texts)
+        return "--inputs " + " ".join(shlex.quote(f) for f in input.texts)
+    return "--pretokenized " + " ".join(shlex.quote(f) for f in input.texts)
 
 
 SHARDS = [

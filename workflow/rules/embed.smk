@@ -1,13 +1,22 @@
-rule embed:
-    """Embed the held-out text (or embed.inputs) into a Parquet dataset."""
+# Embedding runs as embed.n_shards independent jobs over contiguous ranges of the input
+# lines (override with `--set-scatter embed=N`), gathered into one Parquet dataset. With
+# stateless embedding (the default) the rows do not depend on N.
+
+
+scattergather:
+    embed=config["embed"]["n_shards"],
+
+
+rule embed_shard:
+    """Embed one shard (K-of-N lines) of the held-out text (or of embed.inputs)."""
     input:
-        texts=config["embed"]["inputs"] or ["results/corpus/heldout.txt"],
+        texts=embed_input_files(),
         weights="results/model/weights.hdf5",
         options="results/model/options.json",
         vocab="results/model/vocab.txt",
         code=sources("embed", "segment", "bilm"),
     output:
-        directory("results/embeddings"),
+        temp(directory("results/embeddings.shards/{scatteritem}")),
     params:
         settings=as_json(
             {
@@ -23,11 +32,29 @@ rule embed:
     resources:
         gpu=1,
     log:
-        "logs/embed/embed.log",
+        "logs/embed/shard-{scatteritem}.log",
     benchmark:
-        "benchmarks/embed/embed.tsv"
+        "benchmarks/embed/shard-{scatteritem}.tsv"
     conda:
         GPU_ENV
     shell:
         "python -m elmo_pipeline.embed --settings {params.settings:q} --model {params.model_dir} "
-        "{params.inputs} --out-dir {output} --threads {threads} --log {log}"
+        "{params.inputs} --shard {wildcards.scatteritem} --out-dir {output} "
+        "--threads {threads} --log {log}"
+
+
+rule embed:
+    """Gather the embedded shards into one Parquet dataset (ids renumbered, stats merged)."""
+    input:
+        shards=gather.embed("results/embeddings.shards/{scatteritem}"),
+        code=sources("embed"),
+    output:
+        directory("results/embeddings"),
+    log:
+        "logs/embed/embed.log",
+    benchmark:
+        "benchmarks/embed/embed.tsv"
+    conda:
+        ENV
+    shell:
+        "python -m elmo_pipeline.embed.gather --out-dir {output} --log {log} {input.shards}"

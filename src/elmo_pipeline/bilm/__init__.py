@@ -1,9 +1,11 @@
 """The bidirectional language model (biLM) of ELMo, in Keras 3.
 
 Modules: ``chars`` (char ids, no Keras), ``layers`` (the network),
-``weights`` (bilm-tf ``weights.hdf5`` I/O and options), ``embedder``
-(:class:`Embedder`).  Nothing here imports Keras until a Keras-using module
-is imported, so the backend can still be chosen by the caller.
+``weights`` (bilm-tf ``weights.hdf5`` I/O and options), ``model_files``
+(a model directory into loaded layers), ``embedder`` (:class:`Embedder`, a
+facade over ``token_vectors``, ``forward``, ``row_state`` and ``scalar_mix``).
+Nothing here imports Keras until a Keras-using module is imported, so the
+backend can still be chosen by the caller.
 """
 
 from __future__ import annotations
