@@ -46,6 +46,7 @@ from keras import ops
 
 from elmo_pipeline.bilm.chars import PAD_CHAR, token_char_ids
 from elmo_pipeline.bilm.layers import CharCNNEncoder
+from elmo_pipeline.bilm.text import as_token_lists
 from elmo_pipeline.bilm.weights import (
     is_char_model,
     load_bilm_tf_weights,
@@ -275,14 +276,10 @@ class Embedder:
 
     # ------------------------------------------------------------------ embedding
 
-    def embed(self, sentences: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
-        """Embed tokenised sentences (no markers); see the class docstring for the keys."""
-        if isinstance(sentences, str) or any(isinstance(s, str) for s in sentences):
-            raise TypeError(
-                "embed() takes tokenised sentences (a list of lists of tokens), e.g. "
-                '[["我", "爱", "北京"]]; got a string where a token list belongs'
-            )
-        sentences = [list(s) for s in sentences]
+    def embed(self, sentences: Sequence[str] | Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
+        """Embed token lists (no markers) or untokenised strings (tokenised as the model's
+        corpus was, see ``bilm/text.py``); see the class docstring for the keys."""
+        sentences = as_token_lists(sentences, self.options)
         n_rows = len(sentences)
         lengths = np.array([len(s) for s in sentences], dtype=np.int32)
         t_max = int(lengths.max()) if n_rows else 0
