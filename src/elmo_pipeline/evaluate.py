@@ -202,17 +202,24 @@ def sample_and_split(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Stratified subsample of ``max_examples`` and a stratified train/test split (row ids).
 
-    Classes with fewer than 2 examples in the sample cannot be split; they are counted."""
+    Classes with fewer than 2 examples (in the file or in the sample) cannot be split;
+    their rows are counted."""
     from sklearn.model_selection import train_test_split
 
     y = np.asarray(labels)
-    rows = np.arange(len(y))
+
+    def splittable(rows: np.ndarray) -> np.ndarray:
+        counts = Counter(y[rows].tolist())
+        return np.array([r for r in rows if counts[y[r]] >= 2], dtype=np.int64)
+
+    rows = splittable(np.arange(len(y)))
+    n_dropped = len(y) - len(rows)
     if len(rows) > max_examples:
-        _, rows = train_test_split(rows, test_size=max_examples, stratify=y, random_state=seed)
-    counts = Counter(y[rows].tolist())
-    rare = {label for label, n in counts.items() if n < 2}
-    dropped = {"rows_of_classes_too_small_to_split": int(sum(counts[c] for c in rare))}
-    rows = np.array([r for r in rows if y[r] not in rare])
+        _, rows = train_test_split(
+            rows, test_size=max_examples, stratify=y[rows], random_state=seed
+        )
+        n_dropped += max_examples - len(rows := splittable(rows))
+    dropped = {"rows_of_classes_too_small_to_split": int(n_dropped)}
     train, test = train_test_split(
         rows, test_size=test_fraction, stratify=y[rows], random_state=seed
     )
@@ -477,7 +484,7 @@ def polysemy_report(
         np.fill_diagonal(similarity, -np.inf)
         examples = []
         for i in range(min(settings["n_examples"], len(ks))):
-            order = np.argsort(-similarity[i])[: settings["n_neighbours"]]
+            order = np.argsort(-similarity[i])[: min(settings["n_neighbours"], len(ks) - 1)]
             examples.append(
                 {
                     "occurrence": _context_of(sentences, where[ks[i]]),
