@@ -10,7 +10,9 @@ network; docs/formats.md "Embedding outputs" for the keys)::
     ids = keras.Input((None,), dtype="int32")            # char mode: (None, 50)
     lengths = keras.Input((), dtype="int32")
     out = elmo({"ids": ids, "lengths": lengths})         # dict of the TF-Hub keys
-    pooled = keras.layers.GlobalAveragePooling1D()(out["elmo"], mask=...)
+    probs = keras.layers.Dense(2, activation="softmax")(out["default"])
+    model = keras.Model({"ids": ids, "lengths": lengths}, probs)
+    model.fit(inputs(["我爱北京", "苹果发布新手机"], max_tokens=32), labels)
 
 Inputs: ``ids`` with the ``<S>``/``</S>`` markers (``ElmoInputs`` builds them),
 ``lengths`` = tokens per sentence without markers.  Outputs (markers stripped,
@@ -28,7 +30,9 @@ uses the top layer alone (no ``w``; ``gamma`` still trainable).  With the same
 
 The biLM is frozen (``trainable_bilm=False``): no gradient flows into it, and
 its weights stay those of ``weights.hdf5``.  ``trainable_bilm=True``
-fine-tunes it with the rest of the model.  ``model.save``/``keras.saving``
+fine-tunes it with the rest of the model (setting ``trainable`` on the whole layer
+does not unfreeze the biLM: its outputs are cut from the gradient unless
+``trainable_bilm``).  ``model.save``/``keras.saving``
 keep the options and all weights, so a saved model loads without the model
 directory (``ElmoInputs`` still needs ``options.json``/``vocab.txt``).
 """
