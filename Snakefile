@@ -3,7 +3,8 @@
 #   snakemake --cores all                      # the bundled demo (config/config.yaml)
 #   snakemake --cores all --configfile my.yaml # your corpus
 #
-# Stages: segment -> vocab -> word2vec -> train_bilm -> dump_weights -> embed.
+# Stages: segment -> vocab -> word2vec -> train_bilm -> dump_weights -> embed,
+# then evaluate and the figures of `snakemake --report report.html`.
 # Each rule runs one module of src/elmo_pipeline and lists its source files
 # among its inputs, so editing a stage's code reruns that stage and what
 # depends on it, and nothing upstream.
@@ -19,6 +20,9 @@ configfile: "config/config.yaml"
 validate(config, "config/schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/vocab.smk"
@@ -26,6 +30,7 @@ include: "workflow/rules/word2vec.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/dump.smk"
 include: "workflow/rules/embed.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

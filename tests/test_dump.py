@@ -293,9 +293,12 @@ def test_cli_dumps_the_training_model_written_by_train(tmp_path):
     vocab_file.write_text("".join(t + "\n" for t in VOCAB), encoding="utf-8")
     out_dir = tmp_path / "model"
     argv = ["--bilm-dir", str(bilm_dir), "--vocab", str(vocab_file), "--out-dir", str(out_dir)]
-    assert dump.main(argv) == 0
+    settings = {"corpus": {"language": "en"}, "segment": {"lowercase": True}}
+    assert dump.main([*argv, "--settings", json.dumps(settings)]) == 0
+    text = json.loads((out_dir / "options.json").read_text(encoding="utf-8"))["text"]
+    assert text["language"] == "en" and text["lowercase"] is True
     embedder = Embedder.from_dir(out_dir)
-    got = embedder.embed([["the", "cat"]])["lstm_outputs2"][0]
+    got = embedder.embed(["The cat"])["lstm_outputs2"][0]  # tokenised and lower-cased
     ids = np.stack([token_char_ids(t, 20) for t in ["<S>", "the", "cat", "</S>"]])[None]
     word = keras.ops.convert_to_numpy(model.token_encoder(ids))
     outs, _ = model.lstm(np.stack([word, word[:, ::-1]]))

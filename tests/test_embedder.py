@@ -304,9 +304,14 @@ def test_plan_groups_covers_every_row_once_and_separates_lengths():
     assert plan_groups(np.array([], dtype=int), 4) == []
 
 
-def test_untokenised_input_is_a_clear_error(char_embedder):
-    with pytest.raises(TypeError, match="tokenised sentences"):
-        char_embedder.embed(["我 爱 北京"])
+def test_strings_are_split_on_whitespace_without_text_settings(char_embedder):
+    from_text = char_embedder.embed(["北京 欢迎  你", "a"])
+    from_tokens = char_embedder.embed(SENTENCES[:2])
+    np.testing.assert_allclose(from_text["elmo"], from_tokens["elmo"], atol=1e-6)
+    with pytest.raises(TypeError, match="single string"):
+        char_embedder.embed("我 爱 北京")
+    with pytest.raises(TypeError, match="not both"):
+        char_embedder.embed(["我 爱 北京", ["我"]])
 
 
 def test_token_cache_bound_does_not_change_vectors(char_model, char_embedder):

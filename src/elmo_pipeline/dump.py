@@ -7,7 +7,9 @@ Reads ``bilm/train_options.json`` and ``bilm/model.weights.h5`` (written by
     bilm-tf layout (docs/formats.md, "weights.hdf5"), float32, no softmax.
 ``options.json``
     the inference form (docs/formats.md, "options.json"): ``char_cnn.n_characters`` 262 in char
-    mode, no ``char_cnn`` in token mode; training keys are kept.
+    mode, no ``char_cnn`` in token mode; training keys are kept, plus ``text``
+    (language and tokenisation settings, from ``--settings``' ``corpus`` and
+    ``segment``) so raw strings are tokenised like the corpus (``bilm/text.py``).
 ``vocab.txt``
     a byte-for-byte copy of the training vocabulary.
 ``vocab_embedding.hdf5``
@@ -108,8 +110,11 @@ def dump_layers(
     train_options: dict[str, Any],
     vocab_file: str | os.PathLike,
     out_dir: str | os.PathLike,
+    text: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the four model files from in-memory layers; return a summary."""
+    """Write the four model files from in-memory layers; return a summary.
+
+    ``text`` (see ``bilm/text.py``) is stored as the ``text`` key of options.json."""
     from elmo_pipeline.bilm.weights import inference_options, save_bilm_tf_weights
     from elmo_pipeline.vocab import read_vocab
 
@@ -125,7 +130,10 @@ def dump_layers(
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     save_bilm_tf_weights(out_dir / "weights.hdf5", encoder, lstm)
-    write_json(out_dir / "options.json", inference_options(train_options))
+    options = inference_options(train_options)
+    if text is not None:
+        options["text"] = text
+    write_json(out_dir / "options.json", options)
     with atomic_path(out_dir / "vocab.txt") as tmp:
         shutil.copyfile(vocab_file, tmp)
     embedding = encode_vocabulary(encoder, vocab)
@@ -173,14 +181,17 @@ def load_trained_layers(bilm_dir: str | os.PathLike, n_vocab: int):
 
 
 def dump_model(
-    bilm_dir: str | os.PathLike, vocab_file: str | os.PathLike, out_dir: str | os.PathLike
+    bilm_dir: str | os.PathLike,
+    vocab_file: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    text: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Export ``bilm_dir`` (train_options.json + model.weights.h5) to a bilm-tf model dir."""
     from elmo_pipeline.vocab import read_vocab
 
     n_vocab = len(read_vocab(vocab_file))
     encoder, lstm, train_options = load_trained_layers(bilm_dir, n_vocab)
-    return dump_layers(encoder, lstm, train_options, vocab_file, out_dir)
+    return dump_layers(encoder, lstm, train_options, vocab_file, out_dir, text)
 
 
 def _set_backend_from_options(bilm_dir: str | os.PathLike) -> None:
@@ -209,15 +220,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", required=True, help="vocab.txt the model was trained with")
     parser.add_argument("--out-dir", required=True, help="model directory to write")
     parser.add_argument(
-        "--settings", default="{}", help="JSON string (unused; accepted for uniformity)"
+        "--settings",
+        default="{}",
+        help='JSON: {"corpus": {"language": ...}, "segment": {...}} (stored as options "text")',
     )
     parser.add_argument("--log", default=None, help="log file")
     args = parser.parse_args(argv)
     setup_logging(args.log)
-    parse_settings(args.settings)
+    settings = parse_settings(args.settings)
     _set_backend_from_options(args.bilm_dir)
+    text = None
+    if "corpus" in settings:
+        from elmo_pipeline.bilm.text import text_settings
+
+        text = text_settings(settings["corpus"], settings.get("segment"))
     try:
-        dump_model(args.bilm_dir, args.vocab, args.out_dir)
+        dump_model(args.bilm_dir, args.vocab, args.out_dir, text)
     except (FileNotFoundError, ValueError) as error:
         log.error("%s", error)
         return 1

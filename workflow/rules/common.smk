@@ -56,6 +56,9 @@ def check_config(cfg):
                 f"corpus.paths: {pattern!r} is a directory or matches only directories; "
                 "give files, or a glob of the files in it"
             )
+    labelled = cfg["evaluate"]["classification"]["path"]
+    if labelled and not os.path.isfile(os.path.expanduser(labelled)):
+        raise ConfigError(f"evaluate.classification.path: {labelled!r} is not a file")
     for pattern in cfg["embed"]["inputs"]:
         if not glob.glob(os.path.expanduser(pattern)):
             raise ConfigError(f"embed.inputs: {pattern!r} matches no file")
@@ -124,7 +127,25 @@ def final_targets():
         "results/model/weights.hdf5",
         "results/model/options.json",
         "results/embeddings",
+        *EVALUATION_TARGETS,
     ]
+
+
+EVALUATION_TARGETS = [
+    "results/eval/perplexity.json",
+    "results/eval/classification.json",
+    "results/eval/polysemy.json",
+    "results/eval/polysemy.png",
+    "results/plots/training_curve.png",
+    "results/plots/corpus_stats.png",
+    "results/plots/evaluation.png",
+]
+
+
+def evaluate_labelled_input(wildcards):
+    """The labelled file of evaluate.classification, when one is configured."""
+    path = config["evaluate"]["classification"]["path"]
+    return {"labelled": os.path.expanduser(path)} if path else {}
 
 
 check_config(config)

@@ -11,6 +11,9 @@ rule dump_weights:
         vocab="results/model/vocab.txt",
         vocab_embedding="results/model/vocab_embedding.hdf5",
     params:
+        settings=as_json(
+            {"corpus": {"language": config["corpus"]["language"]}, "segment": config["segment"]}
+        ),
         bilm_dir=lambda wc, input: os.path.dirname(input.options),
         out_dir=lambda wc, output: os.path.dirname(output.options),
     log:
@@ -21,4 +24,4 @@ rule dump_weights:
         ENV
     shell:
         "python -m elmo_pipeline.dump --bilm-dir {params.bilm_dir} --vocab {input.vocab} "
-        "--out-dir {params.out_dir} --log {log}"
+        "--out-dir {params.out_dir} --settings {params.settings:q} --log {log}"

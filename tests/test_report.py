@@ -1,0 +1,77 @@
+"""The evaluate stage and the Snakemake report on a tiny pipeline run: every figure is in it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+from test_workflow import snakemake, tiny_config
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+TITLES = REPO / "resources" / "toutiao_labels" / "titles_labels.txt"
+FIGURES = [
+    "results/plots/corpus_stats.png",
+    "results/plots/training_curve.png",
+    "results/plots/evaluation.png",
+    "results/eval/polysemy.png",
+]
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory) -> tuple[Path, dict]:
+    workdir = tmp_path_factory.mktemp("evaluated_run")
+    config = tiny_config(input="token")
+    config["evaluate"] = {
+        "classification": {"path": str(TITLES), "max_examples": 60, "keras_epochs": 1},
+        "polysemy": {"words": ["中国"], "min_occurrences": 3, "n_auto_words": 2},
+    }
+    result = snakemake(workdir, config, "--cores", "2")
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return workdir, config
+
+
+def read(workdir: Path, name: str) -> dict:
+    return json.loads((workdir / "results" / "eval" / name).read_text(encoding="utf-8"))
+
+
+def test_evaluation_files(evaluated_run) -> None:
+    workdir, _ = evaluated_run
+    perplexity = read(workdir, "perplexity.json")
+    assert perplexity["combined"] == pytest.approx(
+        (perplexity["forward"] * perplexity["backward"]) ** 0.5
+    )
+    assert perplexity["unigram_add_one"] > 1 and perplexity["heldout_sentences"] > 0
+    classification = read(workdir, "classification.json")
+    assert classification["n_classes"] == 15
+    assert classification["n_train"] + classification["n_test"] == 60
+    assert set(classification["methods"]) == {
+        "logreg_elmo_default",
+        "logreg_elmo_layers_mean",
+        "logreg_word2vec_mean",
+        "keras_elmo_layer",
+    }
+    for scores in classification["methods"].values():
+        assert 0.0 <= scores["accuracy"] <= 1.0 and 0.0 <= scores["macro_f1"] <= 1.0
+    keras_weights = classification["methods"]["keras_elmo_layer"]["learned_layer_weights"]
+    assert sum(keras_weights) == pytest.approx(1.0, abs=1e-5)
+    polysemy = read(workdir, "polysemy.json")
+    assert polysemy["words"][0]["word"] == "中国" and len(polysemy["words"]) == 3
+
+
+def test_report_contains_every_figure(evaluated_run) -> None:
+    workdir, config = evaluated_run
+    result = snakemake(workdir, config, "--cores", "1", "--report", "report.html")
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    html = (workdir / "report.html").read_text(encoding="utf-8")
+    for figure in FIGURES:
+        entry = html.index(f'"{figure}": {{')
+        match = re.compile(r'"data_uri": "data:image/png;[^"]*?base64,([^"]+)"').search(html, entry)
+        assert match, figure
+        assert base64.b64decode(match.group(1)) == (workdir / figure).read_bytes(), figure
+    for caption in ("Held-out perplexity of the last epoch", "word2vec baseline"):
+        assert caption in html
