@@ -55,7 +55,11 @@ def demo_inputs() -> dict[str, str | list[str]]:
 
 
 def train_variant(name: str, settings: dict, inputs: dict, out: Path) -> list[dict]:
-    """One training run in a fresh process (``python -m elmo_pipeline.train``)."""
+    """One training run in a fresh process (``python -m elmo_pipeline.train``).
+
+    A run the divergence guard stops counts too: its epochs so far are read from
+    ``history.running.csv`` and the last one is marked ``diverged``.
+    """
     run_dir = out / name
     cmd = [
         sys.executable, "-m", "elmo_pipeline.train",
@@ -69,12 +73,15 @@ def train_variant(name: str, settings: dict, inputs: dict, out: Path) -> list[di
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "KERAS_BACKEND": settings["backend"]}
     started = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    history = run_dir / "history.csv"
     if done.returncode != 0:
-        sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
+        if "training diverged" not in done.stderr:
+            sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
+        history = run_dir / "history.running.csv"
     print(f"{name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    with open(run_dir / "history.csv", encoding="utf-8") as handle:
+    with open(history, encoding="utf-8") as handle:
         rows = [r for r in csv.DictReader(handle) if r["heldout_ppl"]]
-    return [
+    epochs = [
         {
             "epoch": int(r["epoch"]),
             "step": int(r["step"]),
@@ -82,9 +89,13 @@ def train_variant(name: str, settings: dict, inputs: dict, out: Path) -> list[di
             "heldout_ppl": float(r["heldout_ppl"]),
             "heldout_ppl_fwd": float(r["heldout_ppl_fwd"]),
             "heldout_ppl_bwd": float(r["heldout_ppl_bwd"]),
+            "diverged": False,
         }
         for r in rows
     ]
+    if done.returncode != 0 and epochs:
+        epochs[-1]["diverged"] = True
+    return epochs
 
 
 def markdown(results: dict[str, list[dict]], unigram: float) -> str:
@@ -100,7 +111,10 @@ def markdown(results: dict[str, list[dict]], unigram: float) -> str:
             if epoch < len(rows):
                 row = rows[epoch]
                 ratio = row["heldout_ppl"] / unigram
-                cells.append(f"{row['heldout_ppl']:.0f} ({ratio:.2f}), {row['elapsed_s']:.0f}")
+                flag = " **diverged, stopped**" if row["diverged"] else ""
+                cells.append(
+                    f"{row['heldout_ppl']:.4g} ({ratio:.2f}), {row['elapsed_s']:.0f}{flag}"
+                )
             else:
                 cells.append("")
         lines.append(f"| {epoch + 1} | " + " | ".join(cells) + " |")

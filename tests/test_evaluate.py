@@ -16,8 +16,6 @@ from elmo_pipeline.evaluate import (
     read_labelled,
     sample_and_split,
     spread,
-    unigram_perplexity,
-    vocab_targets,
 )
 
 HISTORY = """step,epoch,run,tokens_per_s,train_loss,heldout_ppl_fwd,heldout_ppl_bwd,heldout_ppl
@@ -40,14 +38,17 @@ def test_last_epoch_perplexity_and_geometric_mean(tmp_path):
         last_epoch_perplexity(path)
 
 
-def test_unigram_perplexity_by_hand():
-    vocab = {"<S>", "</S>", "<UNK>", "a", "b"}
-    train = vocab_targets(Counter({"a": 3, "b": 1, "zz": 2}), n_sentences=2, vocab=vocab)
-    assert train == Counter({"a": 3, "<UNK>": 2, "b": 1, "</S>": 2})
-    heldout = vocab_targets(Counter({"a": 1, "c": 1}), n_sentences=1, vocab=vocab)
+def test_unigram_perplexity_by_hand(tmp_path):
+    from elmo_pipeline.bilm.heldout import unigram_perplexity
+
+    vocab = ["<S>", "</S>", "<UNK>", "a", "b"]
+    shard = tmp_path / "shard.txt"
+    shard.write_text("a a zz\nb a zz\n", encoding="utf-8")  # a:3 b:1 <UNK>:2 </S>:2
+    heldout = tmp_path / "heldout.txt"
+    heldout.write_text("a c\n", encoding="utf-8")  # targets a, <UNK>, </S>
     # total = 8 train targets + 5 vocabulary entries = 13
     want = math.exp(-(math.log(4 / 13) + math.log(3 / 13) + math.log(3 / 13)) / 3)
-    assert unigram_perplexity(train, heldout, 5) == pytest.approx(want)
+    assert unigram_perplexity(heldout, vocab, [shard]) == pytest.approx(want)
 
 
 def test_read_labelled_counts_bad_lines(tmp_path):

@@ -106,7 +106,6 @@ def last_epoch_perplexity(history_csv: str | os.PathLike) -> dict[str, Any]:
                 "forward": fwd,
                 "backward": bwd,
                 "combined": math.sqrt(fwd * bwd),
-                "history_mean": float(row["heldout_ppl"]) if row.get("heldout_ppl") else None,
             }
     raise ValueError(f"{path}: no row has heldout_ppl_fwd/heldout_ppl_bwd (no epoch finished?)")
 
@@ -123,22 +122,6 @@ def read_token_lines(paths: Sequence[str | os.PathLike]) -> list[list[str]]:
     return sentences
 
 
-def vocab_targets(counts: Counter[str], n_sentences: int, vocab: set[str]) -> Counter[str]:
-    """Counts of the biLM's targets: words outside ``vocab`` as ``<UNK>``, ``</S>`` per sentence."""
-    targets: Counter[str] = Counter()
-    for token, n in counts.items():
-        targets[token if token in vocab else "<UNK>"] += n
-    targets["</S>"] += n_sentences
-    return targets
-
-
-def unigram_perplexity(train: Counter[str], heldout: Counter[str], vocab_size: int) -> float:
-    """Add-one unigram perplexity of the ``heldout`` target counts given the ``train`` ones."""
-    total = sum(train.values()) + vocab_size
-    log_prob = sum(n * math.log((train.get(t, 0) + 1) / total) for t, n in heldout.items())
-    return math.exp(-log_prob / max(1, sum(heldout.values())))
-
-
 def perplexity_report(
     history_csv: str | os.PathLike,
     shards: Sequence[str | os.PathLike],
@@ -146,17 +129,12 @@ def perplexity_report(
     vocab: Sequence[str],
 ) -> dict[str, Any]:
     """``perplexity.json``: the biLM's last held-out perplexities beside the unigram's."""
+    from elmo_pipeline.bilm.heldout import unigram_perplexity
     from elmo_pipeline.vocab import count_tokens
 
     report = last_epoch_perplexity(history_csv)
-    index = set(vocab)
-    train = count_tokens(shards, progress=False)  # streams the shards
     held = count_tokens([heldout], progress=False)
-    report["unigram_add_one"] = unigram_perplexity(
-        vocab_targets(train.counts, train.n_sentences, index),
-        vocab_targets(held.counts, held.n_sentences, index),
-        len(vocab),
-    )
+    report["unigram_add_one"] = unigram_perplexity(heldout, vocab, shards)  # streams the shards
     report["heldout_sentences"] = held.n_sentences
     report["heldout_tokens"] = held.n_tokens
     report["source"] = f"{history_csv} (last row with held-out perplexities)"
