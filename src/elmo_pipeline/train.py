@@ -82,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
     "all_clip_norm_val": 10.0,
     "divergence_factor": 5.0,
     "final_weights": "best",
+    "state_reset": 0.05,
     "mixed_precision": False,
     "checkpoint_every": 1000,
     "seed": 1,
@@ -123,6 +124,8 @@ def complete_settings(settings: dict[str, Any]) -> dict[str, Any]:
     for key, allowed in choices.items():
         if full[key] not in allowed:
             raise ValueError(f"bilm.{key} must be one of {', '.join(allowed)}, got {full[key]!r}")
+    if not 0.0 <= float(full["state_reset"]) < 1.0:
+        raise ValueError(f"bilm.state_reset must be in [0, 1), got {full['state_reset']!r}")
     if full["learning_rate"] is not None and float(full["learning_rate"]) <= 0:
         raise ValueError(f"bilm.learning_rate must be > 0, got {full['learning_rate']!r}")
     factor = full["divergence_factor"]
@@ -216,6 +219,7 @@ def make_train_options(
         steps=steps,
         dropout=float(settings["dropout"]),
         n_negative_samples_batch=int(settings["n_negative_samples_batch"]),
+        state_reset=float(settings["state_reset"]),
         optimizer=settings["optimizer"],
         learning_rate=learning_rate(settings),
         warmup_steps=int(settings["warmup_steps"]),

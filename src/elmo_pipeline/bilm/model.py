@@ -158,6 +158,11 @@ class BiLM(keras.Model):
         self.dropout_seed = keras.random.SeedGenerator(
             None if seed is None else seed + 1, name="dropout_seed"
         )
+        #: Share of rows whose carried state restarts from zero at each training batch.
+        self.state_reset = float(options.get("state_reset", 0.0))
+        self.state_reset_seed = keras.random.SeedGenerator(
+            None if seed is None else seed + 2, name="state_reset_seed"
+        )
         self.sampler = LogUniformSampler(
             self.n_vocab, int(options.get("n_negative_samples_batch", 8192)), self.sample_seed
         )
@@ -230,11 +235,26 @@ class BiLM(keras.Model):
             (replica_rows(c, replica), replica_rows(h, replica))
             for c, h in zip(self.state_c, self.state_h, strict=True)
         ]
+        if training and self.state_reset > 0:
+            keep = replica_rows(self.rows_kept(), replica)
+            state = [(c * keep, h * keep) for c, h in state]
         top, final_state = self.forward(x, state, training=training)
         for (c, h), var_c, var_h in zip(final_state, self.state_c, self.state_h, strict=True):
             var_c.assign(all_replica_rows(ops.cast(c, "float32"), replica))
             var_h.assign(all_replica_rows(ops.cast(h, "float32"), replica))
         return top
+
+    def rows_kept(self):
+        """``[1, B, 1]`` 0/1: which rows keep their carried state this batch (global rows).
+
+        A carried state never restarts in bilm-tf, so a model trained that way
+        has only seen zero state once, at step 1; from zero state (how every
+        sentence starts in stateless inference and held-out scoring) it can
+        then fall into a state it never learnt to leave.  Restarting a few rows
+        per batch teaches it to start from zero (docs/training.md, "State resets").
+        """
+        draw = keras.random.uniform((self.batch_size,), seed=self.state_reset_seed)
+        return ops.cast(draw >= self.state_reset, "float32")[None, :, None]
 
     # -- losses -------------------------------------------------------------------------------
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
