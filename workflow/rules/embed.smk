@@ -1,11 +1,11 @@
 rule embed:
     """Embed the held-out text (or embed.inputs) into a Parquet dataset."""
     input:
-        texts=config["embed"]["inputs"] or ["results/corpus/heldout.txt"],
-        weights="results/model/weights.hdf5",
-        options="results/model/options.json",
-        vocab="results/model/vocab.txt",
-        code=sources("embed", "segment", "bilm"),
+        texts=config["embed"]["inputs"] or [rules.segment.output.heldout],
+        weights=rules.dump_weights.output.weights,
+        options=rules.dump_weights.output.options,
+        vocab=rules.dump_weights.output.vocab,
+        code=sources("embed"),
     output:
         directory("results/embeddings"),
     params:
