@@ -52,38 +52,34 @@ def cluster_node() -> tuple[int, int]:
     pytest.skip(reason)
 
 
-def fitted_profile(directory: Path, cpus: int, mem_mb: int) -> Path:
-    """A profile layered over the SLURM one: its resource requests scaled to this node.
+def fitted_to_node(cpus: int, mem_mb: int, logdir: Path) -> list[str]:
+    """Command-line options that scale the SLURM profile's requests to the test node.
 
-    Partitions, GPU requests, the executor and every other key stay as shipped;
-    only CPUs, threads and memory shrink to what the test node has. The test
-    cluster has no slurmdbd, so job states come from `squeue` (slurm-up.sh keeps
-    finished jobs there for an hour).
+    Snakemake reads workflow/profiles/slurm as shipped (executor, partitions,
+    GPU requests, every other key); options on the command line win over a
+    profile, so these only shrink CPUs, threads and memory to what this node has.
+    The test cluster has no slurmdbd, so job states come from `squeue`
+    (slurm-up.sh keeps finished jobs there for an hour).
     """
     shipped = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text(encoding="utf-8"))
 
-    def fit(resources: dict) -> dict:
-        fitted = dict(resources)
-        if "cpus_per_task" in fitted:
-            fitted["cpus_per_task"] = min(fitted["cpus_per_task"], cpus)
-        if "mem_mb" in fitted:
-            fitted["mem_mb"] = min(fitted["mem_mb"], mem_mb // 4)
-        return fitted
+    def fit(key: str, value):
+        if key == "cpus_per_task":
+            value = min(value, cpus)
+        elif key == "mem_mb":
+            value = min(value, mem_mb // 4)
+        return f"{key}={value!r}"
 
-    overlay = {
-        "default-resources": fit(shipped["default-resources"]),
-        "set-resources": {rule: fit(res) for rule, res in shipped["set-resources"].items()},
-        "set-threads": {rule: min(n, cpus) for rule, n in shipped["set-threads"].items()},
-        "slurm-status-command": "squeue",
-        "slurm-init-seconds-before-status-checks": 2,
-        "slurm-keep-successful-logs": True,
-        "slurm-logdir": str(directory / "slurm-logs"),
-        "latency-wait": 10,
-    }
-    path = directory / "fit-to-test-node"
-    path.mkdir()
-    (path / "config.yaml").write_text(yaml.safe_dump(overlay), encoding="utf-8")
-    return path
+    args = ["--default-resources"]
+    args += [fit(key, value) for key, value in shipped["default-resources"].items()]
+    args += ["--set-resources"]
+    for rule, resources in shipped["set-resources"].items():
+        args += [f"{rule}:{fit(key, value)}" for key, value in resources.items()]
+    args += ["--set-threads"]
+    args += [f"{rule}={min(n, cpus)}" for rule, n in shipped["set-threads"].items()]
+    args += ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks=2"]
+    args += ["--slurm-keep-successful-logs", "--slurm-logdir", str(logdir)]
+    return args
 
 
 def slurm_job_ids(logdir: Path) -> dict[str, list[str]]:
@@ -111,15 +107,20 @@ def completed_jobs() -> dict[str, tuple[str, str]]:
 def test_pipeline_runs_through_sbatch(tmp_path) -> None:
     cpus, mem_mb = cluster_node()
     config_file = tmp_path / "config.yaml"
-    config_file.write_text(yaml.safe_dump(tiny_config(), allow_unicode=True), encoding="utf-8")
+    # JAX with two forced host devices: the training job, submitted like a GPU job,
+    # trains data parallel over every device it sees (docs: README, "Running on a cluster").
+    config = tiny_config(backend="jax")
+    config_file.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     workdir = tmp_path / "work"
-    overlay = fitted_profile(tmp_path, cpus, mem_mb)
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
     cmd += ["--directory", str(workdir), "--configfile", str(config_file)]
-    cmd += ["--profile", str(SLURM_PROFILE), "--profile", str(overlay)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+    cmd += ["--workflow-profile", str(SLURM_PROFILE)]
+    cmd += fitted_to_node(cpus, mem_mb, tmp_path / "slurm-logs")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-8000:]
+    assert f"Using workflow specific profile {SLURM_PROFILE}" in result.stderr
 
     # Every rule job went through sbatch: a SLURM job id per rule, each COMPLETED.
     jobs = slurm_job_ids(tmp_path / "slurm-logs")
@@ -136,6 +137,8 @@ def test_pipeline_runs_through_sbatch(tmp_path) -> None:
 
     # And they did the work: the model and the embeddings are there.
     results = workdir / "results"
+    trained = json.loads((results / "bilm" / "train_options.json").read_text(encoding="utf-8"))
+    assert trained["n_replicas"] == 2
     options = json.loads((results / "model" / "options.json").read_text(encoding="utf-8"))
     assert options["lstm"]["projection_dim"] == 16
     with h5py.File(results / "model" / "weights.hdf5", "r") as f:
