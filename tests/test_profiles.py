@@ -8,6 +8,7 @@ the real `snakemake` the way a user does and check that its settings act.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,12 +99,17 @@ def test_after_a_kill_snakemake_starts_again(tmp_path) -> None:
     assert "rule segment" in again.stdout + again.stderr
 
 
-def test_slurm_profile_parses_and_asks_for_gpus() -> None:
-    """workflow/profiles/slurm: the SLURM executor, GPU rules on a GPU partition with a GPU."""
-    profile = yaml.safe_load(
-        (REPO / "workflow" / "profiles" / "slurm" / "config.yaml").read_text(encoding="utf-8")
-    )
-    assert profile["executor"] == "slurm"
-    for rule in ("train_bilm", "embed"):
-        assert profile["set-resources"][rule]["gpu"] == 1
-        assert profile["set-resources"][rule]["slurm_partition"] == "gpu"
+@pytest.mark.slow
+def test_slurm_profile_replaces_the_default_one(tmp_path) -> None:
+    """--workflow-profile workflow/profiles/slurm: its sizes, partitions and GPUs, no cap."""
+    config = write_config(tmp_path)
+    profile = REPO / "workflow" / "profiles" / "slurm"
+    args = ("--snakefile", str(REPO / "Snakefile"), "--configfile", str(config), "-n")
+    result = run_snakemake(*args, "--workflow-profile", str(profile), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{PROFILE_LINE} {profile} for setting" in result.stderr
+    assert "profiles/default" not in result.stderr
+    job = result.stdout.split("rule train_bilm:", 1)[1].split("\n\n", 1)[0]
+    assert re.search(r"^\s*threads: 8$", job, flags=re.M), job
+    resources = re.search(r"^\s*resources: (.*)$", job, flags=re.M).group(1)
+    assert {"slurm_partition=gpu", "gpu=1", "cpus_per_task=8"} <= set(resources.split(", "))
