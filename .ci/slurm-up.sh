@@ -28,6 +28,12 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
+MARKER="# Written by .ci/slurm-up.sh: a one-node test cluster, not for production."
+if [ -e "$CONF" ] && [ "$(head -n 1 "$CONF")" != "$MARKER" ]; then
+    log "$CONF exists and was not written by this script; not touching a real cluster's setup"
+    exit 1
+fi
+
 stop_daemons() {
     for pidfile in "$SLURM_STATE/slurmd.pid" "$SLURM_STATE/slurmctld.pid" /run/munge/munged.pid; do
         [ -s "$pidfile" ] || continue
@@ -73,7 +79,7 @@ write_slurm_conf() {
     hardware=$(slurmd -C | head -n 1 | sed -e 's/^NodeName=[^ ]* //')
     mkdir -p "$CONF_DIR" "$SLURM_STATE/ctld" "$SLURM_STATE/d"
     cat >"$CONF" <<EOF
-# Written by .ci/slurm-up.sh: a one-node test cluster, not for production.
+$MARKER
 ClusterName=elmo-test
 SlurmctldHost=localhost
 SlurmUser=root
