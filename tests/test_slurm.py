@@ -104,6 +104,15 @@ def completed_jobs() -> dict[str, tuple[str, str]]:
     return {job_id: (partition, state) for job_id, partition, state in records}
 
 
+def job_details(job_id: str) -> dict[str, str]:
+    """`scontrol show job` as a dict (slurmctld keeps finished jobs for MinJobAge)."""
+    result = subprocess.run(
+        ["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return dict(re.findall(r"(\w+)=(\S*)", result.stdout))
+
+
 def test_pipeline_runs_through_sbatch(tmp_path) -> None:
     cpus, mem_mb = cluster_node()
     config_file = tmp_path / "config.yaml"
@@ -132,8 +141,11 @@ def test_pipeline_runs_through_sbatch(tmp_path) -> None:
             assert job_id in submitted, (rule, job_id)
             partition, state = records[job_id]
             assert state == "COMPLETED", (rule, job_id, state)
-            expected = "gpu" if rule in ("train_bilm", "embed") else "cpu"
-            assert partition == expected, (rule, partition)
+            wants_gpu = rule in ("train_bilm", "embed")
+            assert partition == ("gpu" if wants_gpu else "cpu"), (rule, partition)
+            details = job_details(job_id)
+            assert details["Comment"] == f"rule_{rule}", details
+            assert ("gres:gpu:1" in details.get("TresPerJob", "")) == wants_gpu, details
 
     # And they did the work: the model and the embeddings are there.
     results = workdir / "results"

@@ -76,8 +76,10 @@ def sources(*modules):
                 f"elmo_pipeline.{stage}.{os.path.basename(f)[:-3]}"
                 for f in glob.glob(os.path.join(path, "*.py"))
             ]
-        else:
+        elif os.path.isfile(f"{path}.py"):
             names = [f"elmo_pipeline.{stage}"]
+        else:
+            raise ValueError(f"sources({stage!r}): no module {path}.py and no package {path}")
         for name in names:
             files |= _import_closure(name)
     return sorted(files)
