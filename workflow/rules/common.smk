@@ -1,6 +1,7 @@
 # Helpers shared by the rules: source files of each stage, the settings a
 # stage receives, and cross-key checks the JSON schema cannot express.
 
+import ast
 import glob
 import json
 import os
@@ -69,14 +70,81 @@ def token_init_from_word2vec(cfg=config):
 
 
 def sources(*modules):
-    """Source files of the given modules (and the shared helpers), as rule inputs."""
-    files = [os.path.join(PKG, "common.py")]
-    for module in modules:
-        path = os.path.join(PKG, module)
+    """Source files the given stage modules really import, as rule inputs.
+
+    A rule lists the code it runs among its inputs, so editing that code reruns
+    the rule (and what depends on it) and editing any other file does not. The
+    list is each module's closure of `elmo_pipeline` imports (function-level
+    imports included), read from the source with `ast`, so it follows the code.
+    A package name ("bilm") stands for all of its modules.
+    """
+    files = set()
+    for stage in modules:
+        path = os.path.join(PKG, *stage.split("."))
         if os.path.isdir(path):
-            files += sorted(glob.glob(os.path.join(path, "*.py")))
+            names = [
+                f"elmo_pipeline.{stage}.{os.path.basename(f)[:-3]}"
+                for f in glob.glob(os.path.join(path, "*.py"))
+            ]
+        elif os.path.isfile(f"{path}.py"):
+            names = [f"elmo_pipeline.{stage}"]
         else:
-            files.append(f"{path}.py")
+            raise ValueError(f"sources({stage!r}): no module {path}.py and no package {path}")
+        for name in names:
+            files |= _import_closure(name)
+    return sorted(files)
+
+
+def _module_file(name):
+    """The file of module `name` (`elmo_pipeline.x.y`), or None when it is not one."""
+    path = os.path.join(SRC, *name.split("."))
+    for candidate in (f"{path}.py", os.path.join(path, "__init__.py")):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _imported_names(path, package):
+    """Absolute names of the `elmo_pipeline` modules (or attributes) `path` imports.
+
+    Imports inside a PEP 562 `__getattr__` run only when that attribute is
+    used, not when the package is imported, so they are not followed.
+    """
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read(), filename=path)
+    nodes = [tree]
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
+            continue
+        nodes.extend(ast.iter_child_nodes(node))
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            yield base
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+
+
+def _import_closure(name):
+    """Files of module `name`, its parent packages and everything they import."""
+    files, todo = set(), [name]
+    while todo:
+        parts = todo.pop().split(".")
+        if parts[0] != "elmo_pipeline":
+            continue
+        for depth in range(1, len(parts) + 1):  # importing a.b.c runs a and a.b first
+            dotted = ".".join(parts[:depth])
+            path = _module_file(dotted)
+            if path is None or path in files:
+                continue
+            files.add(path)
+            is_package = path.endswith("__init__.py")
+            package = dotted if is_package else dotted.rpartition(".")[0]
+            todo.extend(_imported_names(path, package))
     return files
 
 

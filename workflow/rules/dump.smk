@@ -1,10 +1,10 @@
 rule dump_weights:
     """Write weights.hdf5, options.json, vocab.txt, vocab_embedding.hdf5 (bilm-tf format)."""
     input:
-        weights="results/bilm/model.weights.h5",
-        options="results/bilm/train_options.json",
-        vocab="results/vocab/vocab.txt",
-        code=sources("dump", "vocab", "bilm"),
+        weights=rules.train_bilm.output.weights,
+        options=rules.train_bilm.output.options,
+        vocab=rules.vocab.output.vocab,
+        code=sources("dump"),
     output:
         weights="results/model/weights.hdf5",
         options="results/model/options.json",

@@ -11,10 +11,10 @@ rule embed_shard:
     """Embed one shard (K-of-N lines) of the held-out text (or of embed.inputs)."""
     input:
         texts=embed_input_files(),
-        weights="results/model/weights.hdf5",
-        options="results/model/options.json",
-        vocab="results/model/vocab.txt",
-        code=sources("embed", "segment", "bilm"),
+        weights=rules.dump_weights.output.weights,
+        options=rules.dump_weights.output.options,
+        vocab=rules.dump_weights.output.vocab,
+        code=sources("embed"),
     output:
         temp(directory("results/embeddings.shards/{scatteritem}")),
     params:

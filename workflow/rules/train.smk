@@ -2,13 +2,13 @@ rule train_bilm:
     """Train the biLM on the GPU (CPU when none); resumes from bilm/checkpoints/."""
     input:
         unpack(
-            lambda wc: {"init": "results/word2vec/init.hdf5"} if token_init_from_word2vec() else {}
+            lambda wc: {"init": rules.word2vec.output.init} if token_init_from_word2vec() else {}
         ),
-        shards=SHARDS,
-        heldout="results/corpus/heldout.txt",
-        vocab="results/vocab/vocab.txt",
-        vocab_stats="results/vocab/stats.json",
-        code=sources("train", "vocab", "bilm"),
+        shards=rules.segment.output.shards,
+        heldout=rules.segment.output.heldout,
+        vocab=rules.vocab.output.vocab,
+        vocab_stats=rules.vocab.output.stats,
+        code=sources("train"),
     output:
         weights="results/bilm/model.weights.h5",
         options="results/bilm/train_options.json",
@@ -29,4 +29,4 @@ rule train_bilm:
     shell:
         "python -m elmo_pipeline.train --settings {params.settings:q} --vocab {input.vocab} "
         "--vocab-stats {input.vocab_stats} --shards {input.shards} --heldout {input.heldout} "
-        "{params.init} --out-dir {params.out_dir} --log {log}"
+        "{params.init} --out-dir {params.out_dir} --threads {threads} --log {log}"

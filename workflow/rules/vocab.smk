@@ -1,7 +1,7 @@
 rule vocab:
     """Count tokens over the training shards; <S>, </S>, <UNK> first, then by count."""
     input:
-        shards=SHARDS,
+        shards=rules.segment.output.shards,
         code=sources("vocab"),
     output:
         vocab="results/vocab/vocab.txt",
