@@ -1,7 +1,7 @@
 """Tests of the Parquet writer of the embed stage.
 
 The writer takes any ``embed_fn`` with the output contract of ``Embedder.embed``
-(ELMO_FORMAT.md section 9). Here it is :func:`token_hash_embed`, a deterministic function of
+(docs/formats.md, "Embedding outputs"). Here it is :func:`token_hash_embed`, a deterministic function of
 the tokens written for these tests: every vector is derived from (token, position, sentence
 length), so the expected vectors of every row can be recomputed independently, and padding
 is filled with NaN so that any padding that leaks into the Parquet files is caught.
@@ -330,7 +330,9 @@ def test_input_sentences_segments_raw_text_like_the_corpus(tmp_path):
     assert ["".join(s) for s in sentences] == ["".join(line.split()) for line in lines]
     assert sum(map(len, sentences)) > len(sentences)  # jieba split the lines into words
     assert source == {"inputs": [str(raw)], "segmented": True}
-    assert seg_stats.to_dict()  # the segment counts go to _stats.json
+    counts = seg_stats.to_dict()  # the segment counts that go to _stats.json
+    assert (counts["files_read"], counts["lines_read"], counts["sentences"]) == (1, 5, 5)
+    assert counts["tokens"] == sum(map(len, sentences))
 
     heldout = tmp_path / "heldout.txt"
     heldout.write_text("\n".join(lines) + "\n", encoding="utf-8")
