@@ -48,7 +48,9 @@ from elmo_pipeline.common import (
     atomic_path,
     open_binary,
     parse_settings,
+    run_stage,
     setup_logging,
+    use_keras_backend,
     write_json,
 )
 
@@ -585,10 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log)
     raw = parse_settings(args.settings)
-    if raw.get("backend") and "KERAS_BACKEND" not in os.environ:
-        os.environ["KERAS_BACKEND"] = str(raw["backend"])
-    try:
-        run_evaluation(
+    use_keras_backend(raw.get("backend"))
+    return run_stage(
+        lambda: run_evaluation(
             args.model,
             args.history,
             args.heldout,
@@ -596,11 +597,10 @@ def main(argv: list[str] | None = None) -> int:
             args.word2vec,
             args.out_dir,
             resolve_settings(raw),
-        )
-    except (FileNotFoundError, ValueError) as error:
-        log.error("%s", error)
-        return 1
-    return 0
+        ),
+        expected=(FileNotFoundError, ValueError),
+        logger=log,
+    )
 
 
 if __name__ == "__main__":
