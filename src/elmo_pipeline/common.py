@@ -1,4 +1,4 @@
-"""Helpers shared by every stage: input files, atomic outputs, logging.
+"""Helpers shared by every stage: input files, atomic outputs, logging, exit status, backend.
 
 Every stage writes its outputs through :func:`atomic_path` so that a job
 killed half-way leaves a ``*.tmp-*`` file behind, never a file with the
@@ -17,7 +17,7 @@ import lzma
 import os
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -143,3 +143,55 @@ def _log_uncaught(exc_type, exc, tb) -> None:
         sys.__excepthook__(exc_type, exc, tb)
     else:
         logging.getLogger("elmo_pipeline").critical("failed: %s", exc, exc_info=(exc_type, exc, tb))
+
+
+def run_stage(
+    work: Callable[[], object],
+    expected: tuple[type[BaseException], ...],
+    logger: logging.Logger = log,
+    prefix: str = "",
+) -> int:
+    """Run a stage's ``work``; exit status 0, or 1 with a one-line log for an ``expected`` error.
+
+    The errors a stage expects (bad input, bad settings, a diverged run) are the user's to
+    fix: one line naming the file and cause is the message, a traceback would bury it.
+    Anything else is a bug and propagates (the excepthook of :func:`setup_logging` logs it).
+    ``logger`` is the stage's own, so the line names the stage in the rule's log.
+    """
+    try:
+        work()
+    except expected as err:
+        logger.error("%s%s", prefix, err)
+        return 1
+    return 0
+
+
+#: The backend when neither the settings nor the environment name one (the schema's default).
+DEFAULT_KERAS_BACKEND = "tensorflow"
+
+
+def use_keras_backend(name: str | None) -> str:
+    """Choose the Keras backend the same way in every stage; returns the one in use.
+
+    Precedence: ``name`` (the stage's settings, i.e. the user's config) when given, else the
+    environment's ``KERAS_BACKEND``, else tensorflow. Keras reads the variable once, when it
+    is first imported, so stages call this before importing anything that imports Keras.
+    If Keras is already loaded (a stage's ``main`` called inside a process that imported it,
+    such as the test suite) its backend cannot change: a warning says so, the loaded one is
+    used and the environment is left as it is, so that child processes agree with it.
+    """
+    wanted = name or os.environ.get("KERAS_BACKEND") or DEFAULT_KERAS_BACKEND
+    if "keras" in sys.modules:
+        import keras
+
+        loaded = keras.backend.backend()
+        if loaded != wanted:
+            log.warning(
+                "Keras is already loaded with backend %s; %s is not used (set KERAS_BACKEND "
+                "before starting Python to choose it)",
+                loaded,
+                wanted,
+            )
+        return loaded
+    os.environ["KERAS_BACKEND"] = wanted
+    return wanted

@@ -24,8 +24,8 @@ connections is *allowed* with a loud warning: bilm-tf and our ``Embedder``
 load it (bilm-tf's own test model has none), only AllenNLP's ``Elmo``
 refuses it.
 
-Keras is imported only after ``KERAS_BACKEND`` is set (from the training
-options' ``backend`` unless the environment already sets it).
+Keras is imported only after the backend is chosen by ``common.use_keras_backend``
+(the training options' ``backend``, else ``KERAS_BACKEND``, else tensorflow).
 """
 
 from __future__ import annotations
@@ -40,7 +40,15 @@ from typing import Any
 
 import numpy as np
 
-from elmo_pipeline.common import atomic_path, parse_settings, read_json, setup_logging, write_json
+from elmo_pipeline.common import (
+    atomic_path,
+    parse_settings,
+    read_json,
+    run_stage,
+    setup_logging,
+    use_keras_backend,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -194,20 +202,19 @@ def dump_model(
     return dump_layers(encoder, lstm, train_options, vocab_file, out_dir, text)
 
 
-def _set_backend_from_options(bilm_dir: str | os.PathLike) -> None:
-    """Use the backend training used, unless KERAS_BACKEND is already set (before Keras loads)."""
+def _training_backend(bilm_dir: str | os.PathLike) -> str | None:
+    """The backend training used (its settings), or None when they do not say."""
     path = Path(bilm_dir) / TRAIN_OPTIONS
-    if "KERAS_BACKEND" in os.environ or not path.is_file():
-        return
+    if not path.is_file():
+        return None
     try:
         options = read_json(path)
     except ValueError:
-        return  # a broken file is reported, by name, when it is read for the model
+        return None  # a broken file is reported, by name, when it is read for the model
     if not isinstance(options, dict):
-        return
+        return None
     backend = options.get("backend") or (options.get("bilm") or {}).get("backend")
-    if backend:
-        os.environ["KERAS_BACKEND"] = str(backend)
+    return str(backend) if backend else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,18 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log)
     settings = parse_settings(args.settings)
-    _set_backend_from_options(args.bilm_dir)
+    use_keras_backend(_training_backend(args.bilm_dir))
     text = None
     if "corpus" in settings:
         from elmo_pipeline.bilm.text import text_settings
 
         text = text_settings(settings["corpus"], settings.get("segment"))
-    try:
-        dump_model(args.bilm_dir, args.vocab, args.out_dir, text)
-    except (FileNotFoundError, ValueError) as error:
-        log.error("%s", error)
-        return 1
-    return 0
+    return run_stage(
+        lambda: dump_model(args.bilm_dir, args.vocab, args.out_dir, text),
+        expected=(FileNotFoundError, ValueError),
+        logger=log,
+    )
 
 
 if __name__ == "__main__":

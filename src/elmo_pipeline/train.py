@@ -58,7 +58,9 @@ from elmo_pipeline.common import (
     expand_inputs,
     parse_settings,
     read_json,
+    run_stage,
     setup_logging,
+    use_keras_backend,
 )
 
 log = logging.getLogger(__name__)
@@ -360,8 +362,8 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume) the biLM; return a summary (steps, final losses, perplexities).
 
-    Keras must already be configured for the wanted backend (``main`` sets
-    ``KERAS_BACKEND`` from the settings before importing it).
+    Keras must already be configured for the wanted backend (``main`` chooses it
+    with ``common.use_keras_backend`` before importing it).
     """
     from elmo_pipeline.bilm.data import load_vocab
     from elmo_pipeline.bilm.devices import setup_backend
@@ -423,12 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log)
     settings = parse_settings(args.settings)
-    backend = settings.get("backend", DEFAULTS["backend"])
-    # Keras reads the backend once, at import: set it before anything imports keras.
-    os.environ["KERAS_BACKEND"] = backend
+    # Keras reads the backend once, at import: choose it before anything imports keras.
+    settings.setdefault("backend", use_keras_backend(settings.get("backend")))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        train(
+    return run_stage(
+        lambda: train(
             settings,
             args.vocab,
             args.vocab_stats,
@@ -437,11 +438,10 @@ def main(argv: list[str] | None = None) -> int:
             args.out_dir,
             init_file=args.init,
             threads=args.threads,
-        )
-    except TrainingDivergedError as err:
-        log.error("%s", err)
-        return 1
-    return 0
+        ),
+        expected=(TrainingDivergedError,),
+        logger=log,
+    )
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from elmo_pipeline.common import (
     atomic_open,
     expand_inputs,
     open_binary,
+    run_stage,
     setup_logging,
     write_json,
 )
@@ -359,19 +360,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log)
     settings = parse_settings(args.settings)
-    try:
-        build_vocab(
+    return run_stage(
+        lambda: build_vocab(
             expand_inputs(args.shards),
             args.out_dir,
             min_count=settings.get("min_count", 1),
             max_size=settings.get("max_size"),
             progress=not args.no_progress,
             threads=args.threads,
-        )
-    except (ValueError, FileNotFoundError) as err:
-        log.error("%s", err)
-        return 1
-    return 0
+        ),
+        expected=(ValueError, FileNotFoundError),
+        logger=log,
+    )
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ from elmo_pipeline.common import (
     atomic_path,
     expand_inputs,
     parse_settings,
+    run_stage,
     setup_logging,
     write_json,
 )
@@ -349,18 +350,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log)
     settings = parse_settings(args.settings)
-    try:
-        run_word2vec(
+    return run_stage(
+        lambda: run_word2vec(
             expand_inputs(args.shards),
             args.vocab,
             args.out_dir,
             settings,
             threads=max(1, args.threads),
-        )
-    except (ValueError, FileNotFoundError) as err:
-        log.error("%s", err)
-        return 1
-    return 0
+        ),
+        expected=(ValueError, FileNotFoundError),
+        logger=log,
+    )
 
 
 if __name__ == "__main__":

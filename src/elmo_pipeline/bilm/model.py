@@ -137,6 +137,13 @@ class BiLM(keras.Model):
             seed=seed,
             name="lstm",
         )
+        # Checkpoints store variables by creation order: keep these calls in this order.
+        self._add_softmax(seed)
+        self._add_carried_states()
+        self._add_random_streams(options, seed)
+
+    def _add_softmax(self, seed: int | None) -> None:
+        """The sampled softmax's output embedding (unless tied to the input) and bias."""
         if not self.share_embedding_softmax:
             self.softmax_w = self.add_weight(
                 name="softmax_W",
@@ -149,11 +156,17 @@ class BiLM(keras.Model):
         self.softmax_b = self.add_weight(
             name="softmax_b", shape=(self.n_vocab,), initializer="zeros", dtype="float32"
         )
+
+    def _add_carried_states(self) -> None:
+        """Each layer's LSTM memory and output carried from one batch to the next."""
         layers = range(self.n_layers)
         self.state_c = [self._carried_state(f"lstm_state_c_{i}", self.dim) for i in layers]
         self.state_h = [
             self._carried_state(f"lstm_state_h_{i}", self.projection_dim) for i in layers
         ]
+
+    def _add_random_streams(self, options: dict[str, Any], seed: int | None) -> None:
+        """Seeded streams for negative samples, dropout and state resets (resume replays them)."""
         self.sample_seed = keras.random.SeedGenerator(seed, name="sampler_seed")
         self.dropout_seed = keras.random.SeedGenerator(
             None if seed is None else seed + 1, name="dropout_seed"

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from elmo_pipeline.common import read_json, setup_logging, write_json
+from elmo_pipeline.common import read_json, run_stage, setup_logging, write_json
 from elmo_pipeline.embed.atomic import atomic_output
 from elmo_pipeline.embed.inputs import Shard
 from elmo_pipeline.embed.writing import STATS_NAME, log_summary
@@ -165,13 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", default=None, help="log file")
     args = parser.parse_args(argv)
     setup_logging(args.log)
-    try:
+
+    def work() -> None:
         stats = gather(args.shards, args.out_dir)
-    except (ValueError, FileNotFoundError) as err:
-        log.error("%s", err)
-        return 1
-    log.info("gather: %d shards, %d sentences", stats["n_shards"], stats["n_sentences"])
-    return 0
+        log.info("gather: %d shards, %d sentences", stats["n_shards"], stats["n_sentences"])
+
+    return run_stage(work, expected=(ValueError, FileNotFoundError), logger=log)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from elmo_pipeline.common import parse_settings, setup_logging
+from elmo_pipeline.common import parse_settings, run_stage, setup_logging, use_keras_backend
 from elmo_pipeline.embed.atomic import (
     check_replaceable,
     check_writable_parent,
@@ -218,13 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log)
     settings = parse_settings(args.settings)
-    backend = _backend(settings)
-    if backend:
-        os.environ.setdefault("KERAS_BACKEND", backend)
-    try:
+    use_keras_backend(_backend(settings))
+
+    def work() -> None:
         stats = run(args, settings)
-    except (ValueError, FileNotFoundError) as err:
-        log.error("%s", err)
-        return 1
-    log.info("embed: done (%s sentences)", stats["n_sentences"])
-    return 0
+        log.info("embed: done (%s sentences)", stats["n_sentences"])
+
+    return run_stage(work, expected=(ValueError, FileNotFoundError), logger=log)

@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import Any
 
-from elmo_pipeline.common import parse_settings, setup_logging
+from elmo_pipeline.common import parse_settings, run_stage, setup_logging
 from elmo_pipeline.segment.parts import gather_parts, parse_part, segment_part
 from elmo_pipeline.segment.stage import segment_corpus
 
@@ -64,9 +64,4 @@ def main(argv: list[str] | None = None) -> int:
         parser.error('--settings must be a JSON object with a "corpus" section')
     with contextlib.suppress(AttributeError):
         sys.stderr.reconfigure(line_buffering=True)
-    try:
-        _run(args, settings)
-    except EXPECTED_ERRORS as err:
-        log.error("segment failed: %s", err)
-        return 1
-    return 0
+    return run_stage(lambda: _run(args, settings), EXPECTED_ERRORS, log, "segment failed: ")

@@ -1,0 +1,128 @@
+"""The evaluate stage: its settings, the three reports in turn, and the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from elmo_pipeline.common import (
+    atomic_path,
+    parse_settings,
+    run_stage,
+    setup_logging,
+    use_keras_backend,
+    write_json,
+)
+from elmo_pipeline.evaluate.classification import classification_report
+from elmo_pipeline.evaluate.perplexity import perplexity_report
+from elmo_pipeline.evaluate.polysemy import polysemy_report, polysemy_sentences
+
+log = logging.getLogger("elmo_pipeline.evaluate")
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 1,
+    "classification": {
+        "path": None,
+        "delimiter": "_!_",
+        "text_field": 0,
+        "label_field": 1,
+        "max_examples": 600,
+        "test_fraction": 0.3,
+        "keras_epochs": 20,
+        "max_tokens": 64,
+    },
+    "polysemy": {
+        "words": [],
+        "n_auto_words": 4,
+        "n_candidates": 100,
+        "min_occurrences": 10,
+        "max_sentences": 2000,
+        "max_occurrences": 200,
+        "n_neighbours": 3,
+        "n_examples": 3,
+        "output": "elmo",
+    },
+}
+
+
+def resolve_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The ``evaluate`` section with every default filled in."""
+    given = settings.get("evaluate", settings) or {}
+    resolved = {"seed": given.get("seed", DEFAULTS["seed"])}
+    for section in ("classification", "polysemy"):
+        resolved[section] = {**DEFAULTS[section], **(given.get(section) or {})}
+    return resolved
+
+
+def run_evaluation(
+    model_dir: str | os.PathLike,
+    history_csv: str | os.PathLike,
+    heldout: str | os.PathLike,
+    shards: Sequence[str | os.PathLike],
+    word2vec_kv: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    settings: dict[str, Any],
+) -> None:
+    """Write perplexity.json, classification.json, polysemy.json and polysemy.png."""
+    from elmo_pipeline.bilm.embedder import Embedder
+    from elmo_pipeline.plots import plot_polysemy
+    from elmo_pipeline.vocab import read_vocab
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed = int(settings["seed"])
+    vocab = read_vocab(Path(model_dir) / "vocab.txt", require_header=False)
+    perplexity = perplexity_report(history_csv, shards, heldout, vocab)
+    log.info("perplexity: %s", perplexity)
+    write_json(out_dir / "perplexity.json", perplexity)
+
+    classification = settings["classification"]
+    if classification.get("path"):
+        report = classification_report(model_dir, word2vec_kv, classification, seed)
+    else:
+        report = {"skipped": "evaluate.classification.path is null: no labelled data"}
+    write_json(out_dir / "classification.json", report)
+
+    embedder = Embedder.from_dir(model_dir)
+    polysemy = settings["polysemy"]
+    sentences = polysemy_sentences(heldout, shards, polysemy["max_sentences"])
+    report, coordinates = polysemy_report(embedder, sentences, polysemy, seed)
+    write_json(out_dir / "polysemy.json", report)
+    with atomic_path(out_dir / "polysemy.png") as tmp:
+        plot_polysemy(report, coordinates, tmp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m elmo_pipeline.evaluate",
+        description="Perplexity, classification and polysemy checks of a trained model.",
+    )
+    parser.add_argument("--settings", default="{}", help='JSON: {"evaluate": {...}, "backend": ..}')
+    parser.add_argument("--model", required=True, help="model directory (results/model)")
+    parser.add_argument("--history", required=True, help="results/bilm/history.csv")
+    parser.add_argument("--heldout", required=True, help="results/corpus/heldout.txt")
+    parser.add_argument("--shards", nargs="+", required=True, help="training shards")
+    parser.add_argument("--word2vec", default=None, help="results/word2vec/vectors.kv")
+    parser.add_argument("--out-dir", required=True, help="results/eval")
+    parser.add_argument("--log", default=None, help="log file")
+    args = parser.parse_args(argv)
+    setup_logging(args.log)
+    raw = parse_settings(args.settings)
+    use_keras_backend(raw.get("backend"))
+    return run_stage(
+        lambda: run_evaluation(
+            args.model,
+            args.history,
+            args.heldout,
+            args.shards,
+            args.word2vec,
+            args.out_dir,
+            resolve_settings(raw),
+        ),
+        expected=(FileNotFoundError, ValueError),
+        logger=log,
+    )
