@@ -1,10 +1,11 @@
 """Tests of the Parquet writer of the embed stage.
 
 The writer takes any ``embed_fn`` with the output contract of ``Embedder.embed``
-(docs/formats.md, "Embedding outputs"). Here it is :func:`token_hash_embed`, a deterministic function of
-the tokens written for these tests: every vector is derived from (token, position, sentence
-length), so the expected vectors of every row can be recomputed independently, and padding
-is filled with NaN so that any padding that leaks into the Parquet files is caught.
+(docs/formats.md, "Embedding outputs"). Here it is :func:`token_hash_embed`, a
+deterministic function of the tokens written for these tests: every vector is derived
+from (token, position, sentence length), so the expected vectors of every row can be
+recomputed independently, and padding is filled with NaN so that any padding that leaks
+into the Parquet files is caught.
 """
 
 from __future__ import annotations

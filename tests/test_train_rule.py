@@ -231,7 +231,7 @@ def test_exploding_finite_loss_stops_the_run_and_leaves_nothing_to_dump(corpus, 
     assert not (out / "train_options.json").exists() and not (out / "history.csv").exists()
     with open(out / "history.running.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    assert rows and int(rows[-1]["step"]) < 100  # stopped long before the epoch's end
+    assert rows and int(rows[-1]["step"]) < 20  # stopped right after the guard's warm-up
 
 
 def test_divergence_guard_rules():
@@ -239,6 +239,9 @@ def test_divergence_guard_rules():
     assert [guard.check_loss(x) for x in (7.0, 6.5, 6.9, 6.0, 30.0, 6.0)] == [None] * 6
     assert "lowest running level" in guard.check_loss(1e9)  # a sudden explosion
     assert "nan" in guard.check_loss(float("nan"))
+    early = DivergenceGuard(factor=5.0, warmup_steps=10, smoothing=0.1)
+    reasons = [early.check_loss(x) for x in [7.0, *[4000.0] * 12]]  # explodes inside warm-up
+    assert reasons[:10] == [None] * 10 and "lowest running level 7" in reasons[10]
     creeping = DivergenceGuard(factor=5.0, warmup_steps=3, smoothing=0.1)
     losses = [6.0 * 1.05**i for i in range(100)]  # x131 over 100 steps, never 5x a neighbour
     reasons = [creeping.check_loss(x) for x in losses]

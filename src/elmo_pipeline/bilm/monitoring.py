@@ -101,13 +101,13 @@ class TrainingDivergedError(FloatingPointError):
 class DivergenceGuard:
     """Detects a diverged run from its losses and held-out perplexities.
 
-    The training loss is smoothed (an exponential moving average); once
-    ``warmup_steps`` losses are in, a smoothed loss more than ``factor`` times
-    its lowest value so far counts as diverged, as does a non-finite training
-    loss or held-out perplexity.  A
-    healthy run's loss falls, so both catch a sudden explosion at once and a
-    slow blow-up once it is unmistakable.  ``factor`` None watches only for
-    non-finite values.
+    The training loss is smoothed (an exponential moving average) and its
+    lowest value is tracked from the first step; once ``warmup_steps`` losses
+    are in, a smoothed loss more than ``factor`` times that lowest value counts
+    as diverged (an explosion inside the warm-up is caught right after it), as
+    does a non-finite training loss or held-out perplexity.  A healthy run's
+    loss falls, so this catches a sudden explosion at once and a slow blow-up
+    once it is unmistakable.  ``factor`` None watches only for non-finite values.
     """
 
     def __init__(
@@ -129,9 +129,8 @@ class DivergenceGuard:
         self.level = (
             loss if self.level is None else self.level + self.smoothing * (loss - self.level)
         )
-        if self.seen <= self.warmup_steps or self.factor is None:
-            return None
-        if self.level > self.factor * self.lowest_level:
+        judged = self.seen > self.warmup_steps and self.factor is not None
+        if judged and self.level > self.factor * self.lowest_level:
             return (
                 f"the training loss rose to {loss:.4g} (smoothed {self.level:.4g}), more than "
                 f"{self.factor:g} times its lowest running level {self.lowest_level:.4g}"
