@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from elmo_pipeline.bilm.options import is_char_model, projection_problem
 from elmo_pipeline.common import (
     atomic_path,
     parse_settings,
@@ -67,13 +68,9 @@ def check_exportable(options: dict[str, Any]) -> list[str]:
             f"lstm.n_layers is {n_layers}: bilm-tf names one-layer weights differently and "
             "AllenNLP cannot load them; use n_layers >= 2"
         )
-    dim, proj = int(lstm.get("dim", 0)), int(lstm.get("projection_dim", 0))
-    if proj >= dim:
-        problems.append(
-            f"lstm.projection_dim ({proj}) must be smaller than lstm.dim ({dim}): "
-            "bilm-tf writes no W_P_0 otherwise"
-        )
-    from elmo_pipeline.bilm.weights import is_char_model
+    proj = int(lstm.get("projection_dim", 0))
+    if problem := projection_problem(lstm):
+        problems.append(problem)
 
     if is_char_model(options):
         n_filters = sum(int(n) for _, n in options["char_cnn"].get("filters", []))

@@ -102,13 +102,15 @@ TRAINING_RULE_VERSION = 2
 
 def complete_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """Settings with defaults filled in and checked (clear errors naming the key)."""
+    from elmo_pipeline.bilm.options import LSTM_DEFAULTS, is_char_model, projection_problem
+
     full = {**DEFAULTS, **settings}
     if "lstm" not in full:
         raise ValueError("bilm settings need an 'lstm' section")
-    if full["input"] not in ("char", "token"):
-        raise ValueError(f"bilm.input must be 'char' or 'token', got {full['input']!r}")
-    if full["input"] == "char" and "char_cnn" not in full:
-        raise ValueError("bilm.input is 'char' but there is no bilm.char_cnn section")
+    full["lstm"] = {**LSTM_DEFAULTS, **full["lstm"]}
+    if problem := projection_problem(full["lstm"], "bilm.lstm"):
+        raise ValueError(problem)
+    is_char_model(full)  # checks input and the char_cnn section
     if full["token_init"] not in ("word2vec", "random"):
         raise ValueError(f"bilm.token_init must be word2vec or random, got {full['token_init']!r}")
     if full["backend"] not in ("tensorflow", "jax"):

@@ -10,6 +10,9 @@ import sys
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+from elmo_pipeline.bilm.options import projection_problem  # the stages' own check, no Keras
+
 SRC = os.path.join(workflow.basedir, "src")
 PKG = os.path.join(SRC, "elmo_pipeline")
 ENV = "../../envs/cpu.yaml"
@@ -30,11 +33,8 @@ class ConfigError(ValueError):
 def check_config(cfg):
     """Checks across keys, so bad settings fail before any job runs."""
     lstm = cfg["bilm"]["lstm"]
-    if lstm["projection_dim"] >= lstm["dim"]:
-        raise ConfigError(
-            f"bilm.lstm.projection_dim ({lstm['projection_dim']}) must be smaller than "
-            f"bilm.lstm.dim ({lstm['dim']}): bilm-tf writes no projection otherwise"
-        )
+    if problem := projection_problem(lstm, "bilm.lstm"):
+        raise ConfigError(problem)
     if cfg["bilm"]["input"] == "char":
         n_filters = sum(n for _, n in cfg["bilm"]["char_cnn"]["filters"])
         if n_filters <= lstm["projection_dim"]:

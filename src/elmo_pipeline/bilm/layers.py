@@ -28,6 +28,7 @@ from keras import ops
 
 from elmo_pipeline.bilm import replicas
 from elmo_pipeline.bilm.chars import N_TRAIN_CHARACTERS
+from elmo_pipeline.bilm.options import projection_problem
 
 #: The published "original" model's filters (docs/formats.md, "options.json").
 DEFAULT_FILTERS = [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]]
@@ -315,11 +316,9 @@ class BiLSTMStack(keras.layers.Layer):
         self.seed = seed
         if self.n_layers < 1:
             raise ValueError(f"lstm.n_layers must be >= 1, got {n_layers}")
-        if self.projection_dim >= self.dim:
-            raise ValueError(
-                f"lstm.projection_dim ({projection_dim}) must be smaller than lstm.dim ({dim}); "
-                "bilm-tf writes no W_P_0 otherwise"
-            )
+        problem = projection_problem({"dim": self.dim, "projection_dim": self.projection_dim})
+        if problem:
+            raise ValueError(problem)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.seed_generator = keras.random.SeedGenerator(seed) if self.dropout > 0 else None

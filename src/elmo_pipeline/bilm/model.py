@@ -36,8 +36,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from elmo_pipeline.bilm.chars import N_TRAIN_CHARACTERS
-from elmo_pipeline.bilm.layers import BiLSTMStack, CharCNNEncoder, TokenEncoder
+from elmo_pipeline.bilm.options import is_char_model
 from elmo_pipeline.bilm.replicas import (
     all_replica_rows,
     dropout,
@@ -46,16 +45,7 @@ from elmo_pipeline.bilm.replicas import (
     tf_replica_context,
 )
 from elmo_pipeline.bilm.softmax import LogUniformSampler, full_softmax_nll, sampled_softmax_nll
-
-
-def is_char_mode(options: dict[str, Any]) -> bool:
-    """Char-CNN input unless ``input: token`` (or, without ``input``, no ``char_cnn`` section)."""
-    mode = options.get("input")
-    if mode is None:
-        return "char_cnn" in options
-    if mode not in ("char", "token"):
-        raise ValueError(f"bilm.input must be 'char' or 'token', got {mode!r}")
-    return mode == "char"
+from elmo_pipeline.bilm.weights import options_to_layers
 
 
 def global_batch_size(options: dict[str, Any]) -> int:
@@ -91,7 +81,7 @@ class BiLM(keras.Model):
         self.options = options
         self.n_vocab = int(n_vocab)
         self.batch_size = int(batch_size)
-        self.char_mode = is_char_mode(options)
+        self.char_mode = is_char_model(options)
         self.projection_dim = int(lstm["projection_dim"])
         self.dim = int(lstm["dim"])
         self.n_layers = int(lstm.get("n_layers", 2))
@@ -102,41 +92,21 @@ class BiLM(keras.Model):
         self.share_embedding_softmax = bool(options.get("share_embedding_softmax", False))
         if self.share_embedding_softmax and self.char_mode:
             raise ValueError("bilm.share_embedding_softmax needs input: token")
-        if self.char_mode:
-            cnn = options["char_cnn"]
-            self.max_chars = int(cnn.get("max_characters_per_token", 50))
-            self.token_encoder = CharCNNEncoder(
-                n_characters=N_TRAIN_CHARACTERS,
-                char_embed_dim=int(cnn["embedding"]["dim"]),
-                filters=cnn["filters"],
-                n_highway=int(cnn.get("n_highway", 0)),
-                activation=cnn.get("activation", "relu"),
-                projection_dim=self.projection_dim,
-                max_characters_per_token=self.max_chars,
-                name="token_encoder",
-            )
-        else:
-            self.max_chars = 0
-            initializer: Any = keras.initializers.RandomNormal(stddev=1.0, seed=seed)
+        initializer: Any = None
+        if not self.char_mode:
+            initializer = keras.initializers.RandomNormal(stddev=1.0, seed=seed)
             if init_embedding is not None:
                 initializer = np.asarray(init_embedding, dtype=np.float32)
-            self.token_encoder = TokenEncoder(
-                self.n_vocab,
-                self.projection_dim,
-                embeddings_initializer=initializer,
-                name="token_encoder",
-            )
-        self.lstm = BiLSTMStack(
-            n_layers=self.n_layers,
-            dim=self.dim,
-            projection_dim=self.projection_dim,
-            cell_clip=lstm.get("cell_clip"),
-            proj_clip=lstm.get("proj_clip"),
-            use_skip_connections=bool(lstm.get("use_skip_connections", True)),
+        # the one build path for the network, shared with loading an options.json
+        self.token_encoder, self.lstm = options_to_layers(
+            options,
+            self.n_vocab,
             dropout=self.dropout_rate,
             seed=seed,
-            name="lstm",
+            embeddings_initializer=initializer,
         )
+        cnn = options.get("char_cnn") or {}
+        self.max_chars = int(cnn.get("max_characters_per_token", 50)) if self.char_mode else 0
         # Checkpoints store variables by creation order: keep these calls in this order.
         self._add_softmax(seed)
         self._add_carried_states()
@@ -362,7 +332,7 @@ def build_training_model(
     variables have ``batch_size * n_replicas`` rows.  ``init_embedding``
     ``[n_vocab, projection_dim]`` initialises the token-mode embedding.
     """
-    if init_embedding is not None and is_char_mode(train_options):
+    if init_embedding is not None and is_char_model(train_options):
         raise ValueError("init_embedding is only for input: token")
     with dtype_policy(bool(train_options.get("mixed_precision", False))):
         model = BiLM(train_options, n_vocab, global_batch_size(train_options), init_embedding)

@@ -35,6 +35,7 @@ import numpy as np
 
 from elmo_pipeline.bilm.chars import N_TRAIN_CHARACTERS
 from elmo_pipeline.bilm.layers import BiLSTMStack, CharCNNEncoder, TokenEncoder
+from elmo_pipeline.bilm.options import is_char_model
 from elmo_pipeline.common import atomic_path
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,6 @@ class WeightFileError(ValueError):
 
 
 # ----------------------------------------------------------------------------- options
-
-
-def is_char_model(options: dict[str, Any]) -> bool:
-    """True for char-CNN models: ``char_cnn`` present, unless ``input`` says ``token``."""
-    return "char_cnn" in options and options.get("input", "char") != "token"
 
 
 def options_to_layers(
@@ -110,6 +106,7 @@ def options_to_layers(
         projection_dim=projection_dim,
         cell_clip=lstm_opts.get("cell_clip"),
         proj_clip=lstm_opts.get("proj_clip"),
+        # bilm-tf's loader: no key means no skip connections (training fills the key in)
         use_skip_connections=bool(lstm_opts.get("use_skip_connections", False)),
         dropout=dropout,
         seed=seed,
