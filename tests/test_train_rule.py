@@ -22,6 +22,7 @@ from elmo_pipeline.bilm.heldout import HeldoutEvaluator
 from elmo_pipeline.bilm.model import build_training_model
 from elmo_pipeline.bilm.monitoring import DivergenceGuard
 from elmo_pipeline.bilm.optimizers import WarmupLinear, build_optimizer, warmup_then_decay
+from elmo_pipeline.bilm.options import LSTM_DEFAULTS
 from elmo_pipeline.train import DEFAULTS, complete_settings, main, train
 
 pytestmark = pytest.mark.keras
@@ -302,3 +303,5 @@ def test_bilm_defaults_agree_with_the_config_schema():
     assert set(DEFAULTS) <= set(scalar), set(DEFAULTS) - set(scalar)
     for key, value in DEFAULTS.items():
         assert scalar[key] == value, key
+    lstm = {k: v["default"] for k, v in properties["lstm"]["properties"].items()}
+    assert {k: lstm[k] for k in LSTM_DEFAULTS} == LSTM_DEFAULTS
