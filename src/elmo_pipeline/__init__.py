@@ -13,16 +13,9 @@ __all__ = ["ElmoInputs", "ElmoLayer", "Embedder", "__version__"]
 
 
 def __getattr__(name: str):
-    if name == "Embedder":
-        from elmo_pipeline.bilm.embedder import Embedder
+    """The public classes, imported from ``elmo_pipeline.bilm`` on first use."""
+    if name in ("Embedder", "ElmoLayer", "ElmoInputs"):
+        from elmo_pipeline import bilm
 
-        return Embedder
-    if name == "ElmoLayer":
-        from elmo_pipeline.bilm.elmo_layer import ElmoLayer
-
-        return ElmoLayer
-    if name == "ElmoInputs":
-        from elmo_pipeline.bilm.text import ElmoInputs
-
-        return ElmoInputs
+        return getattr(bilm, name)
     raise AttributeError(f"module 'elmo_pipeline' has no attribute {name!r}")
