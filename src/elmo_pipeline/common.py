@@ -195,3 +195,15 @@ def use_keras_backend(name: str | None) -> str:
         return loaded
     os.environ["KERAS_BACKEND"] = wanted
     return wanted
+
+
+def read_token_lines(paths: Iterable[str | os.PathLike]) -> list[list[str]]:
+    """Pre-tokenised text (shards, heldout.txt): one sentence a line, non-empty lines only."""
+    sentences = []
+    for path in paths:
+        with open_binary(path) as handle:
+            for raw in handle:
+                tokens = raw.decode("utf-8").split()
+                if tokens:
+                    sentences.append(tokens)
+    return sentences

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from elmo_pipeline.common import atomic_path, read_json, setup_logging
+from elmo_pipeline.common import atomic_path, read_json, read_token_lines, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,6 @@ def plot_training(history_csv: str | os.PathLike, out: str | os.PathLike) -> Non
 
 
 def _lengths_and_counts(paths: Sequence[str | os.PathLike]) -> tuple[list[int], Counter[str]]:
-    from elmo_pipeline.evaluate import read_token_lines
 
     lengths, counts = [], Counter()
     for sentence in read_token_lines(paths):

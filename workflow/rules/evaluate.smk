@@ -74,7 +74,7 @@ rule plot_corpus:
     input:
         shards=SHARDS,
         heldout="results/corpus/heldout.txt",
-        code=sources("plots", "evaluate"),
+        code=sources("plots"),
     output:
         report(
             "results/plots/corpus_stats.png",

@@ -34,6 +34,7 @@ Modules: ``perplexity``, ``classification``, ``polysemy`` (one report each) and 
 
 from __future__ import annotations
 
+from elmo_pipeline.common import read_token_lines
 from elmo_pipeline.evaluate.classification import (
     build_classifier,
     classification_report,
@@ -45,11 +46,7 @@ from elmo_pipeline.evaluate.classification import (
     sample_and_split,
     word2vec_features,
 )
-from elmo_pipeline.evaluate.perplexity import (
-    last_epoch_perplexity,
-    perplexity_report,
-    read_token_lines,
-)
+from elmo_pipeline.evaluate.perplexity import last_epoch_perplexity, perplexity_report
 from elmo_pipeline.evaluate.polysemy import (
     context,
     is_word,

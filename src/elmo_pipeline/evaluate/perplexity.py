@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from elmo_pipeline.common import open_binary
-
 
 def last_epoch_perplexity(history_csv: str | os.PathLike) -> dict[str, Any]:
     """The last ``history.csv`` row with held-out perplexities (forward, backward, combined)."""
@@ -32,18 +30,6 @@ def last_epoch_perplexity(history_csv: str | os.PathLike) -> dict[str, Any]:
                 "combined": math.sqrt(fwd * bwd),
             }
     raise ValueError(f"{path}: no row has heldout_ppl_fwd/heldout_ppl_bwd (no epoch finished?)")
-
-
-def read_token_lines(paths: Sequence[str | os.PathLike]) -> list[list[str]]:
-    """Pre-tokenised text (shards, heldout.txt): one sentence a line, non-empty lines only."""
-    sentences = []
-    for path in paths:
-        with open_binary(path) as handle:
-            for raw in handle:
-                tokens = raw.decode("utf-8").split()
-                if tokens:
-                    sentences.append(tokens)
-    return sentences
 
 
 def perplexity_report(

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from elmo_pipeline.evaluate.perplexity import read_token_lines
+from elmo_pipeline.common import read_token_lines
 
 log = logging.getLogger("elmo_pipeline.evaluate")
 
