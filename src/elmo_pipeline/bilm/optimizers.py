@@ -95,11 +95,46 @@ def merge_duplicate_rows(grads: list) -> list:
     return merged
 
 
+def scale_gradients(grads: list, factor: float) -> list:
+    """``factor`` x every gradient, sparse TF ones kept sparse."""
+    if keras.backend.backend() != "tensorflow":
+        return [None if g is None else g * factor for g in grads]
+    import tensorflow as tf
+
+    return [
+        tf.IndexedSlices(g.values * factor, g.indices, g.dense_shape)
+        if isinstance(g, tf.IndexedSlices)
+        else (None if g is None else g * factor)
+        for g in grads
+    ]
+
+
 class ClipsTheMergedGradient:
-    """Mixin for a Keras optimizer: the global-norm clip sees the true (merged) gradient."""
+    """Mixin for a Keras optimizer: the global-norm clip sees the true gradient.
+
+    Two things keep Keras from it on TensorFlow: sparse rows are not merged
+    (``merge_duplicate_rows``), and under a ``tf.distribute`` strategy each
+    replica clips its own share before the shares are summed.  bilm-tf clips
+    the summed gradient, so here the shares are summed first, clipped, and each
+    replica hands on ``1/R`` of the result for Keras' own sum (one extra
+    all-reduce per step, only with several TF replicas).
+    """
 
     def _clip_gradients(self, grads):
-        return super()._clip_gradients(merge_duplicate_rows(grads))
+        from elmo_pipeline.bilm.replicas import tf_replica_context
+
+        grads = merge_duplicate_rows(grads)
+        replica = tf_replica_context()
+        if replica is None or not self.global_clipnorm:
+            return super()._clip_gradients(grads)
+        present = [i for i, g in enumerate(grads) if g is not None]
+        summed = replica.all_reduce("sum", [grads[i] for i in present])
+        clipped = super()._clip_gradients(merge_duplicate_rows(list(summed)))
+        shares = scale_gradients(clipped, 1.0 / replica.num_replicas_in_sync)
+        out = list(grads)
+        for i, share in zip(present, shares, strict=True):
+            out[i] = share
+        return out
 
 
 class Adagrad(ClipsTheMergedGradient, keras.optimizers.Adagrad):
