@@ -24,7 +24,11 @@ from test_workflow import tiny_config
 REPO = Path(__file__).resolve().parents[1]
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
 #: Rules that run as cluster jobs (`all` only gathers, Snakemake does it itself).
-CLUSTER_RULES = {"segment", "vocab", "word2vec", "train_bilm", "dump_weights", "embed"}
+CLUSTER_RULES = {
+    *("segment_part", "segment", "vocab", "word2vec", "train_bilm", "dump_weights"),
+    *("embed_shard", "embed", "evaluate", "plot_corpus", "plot_training", "plot_evaluation"),
+}
+GPU_RULES = {"train_bilm", "embed_shard", "evaluate"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -141,7 +145,7 @@ def test_pipeline_runs_through_sbatch(tmp_path) -> None:
             assert job_id in submitted, (rule, job_id)
             partition, state = records[job_id]
             assert state == "COMPLETED", (rule, job_id, state)
-            wants_gpu = rule in ("train_bilm", "embed")
+            wants_gpu = rule in GPU_RULES
             assert partition == ("gpu" if wants_gpu else "cpu"), (rule, partition)
             details = job_details(job_id)
             assert details["Comment"] == f"rule_{rule}", details
