@@ -42,9 +42,6 @@ class HeldoutPerplexity:
         """bilm-tf's figure: the geometric mean of the two directions."""
         return math.sqrt(self.forward * self.backward)
 
-    def is_finite(self) -> bool:
-        return math.isfinite(self.forward) and math.isfinite(self.backward)
-
 
 def window_length(n_vocab: int, budget: int = EVAL_LOGITS_BUDGET) -> int:
     """Tokens per window so that both directions' logits stay within ``budget`` floats."""

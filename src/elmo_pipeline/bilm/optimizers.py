@@ -95,16 +95,14 @@ def merge_duplicate_rows(grads: list) -> list:
     return merged
 
 
-def scale_gradients(grads: list, factor: float) -> list:
-    """``factor`` x every gradient, sparse TF ones kept sparse."""
-    if keras.backend.backend() != "tensorflow":
-        return [None if g is None else g * factor for g in grads]
+def scale_tf_gradients(grads: list, factor: float) -> list:
+    """``factor`` x every TF gradient, sparse ones kept sparse."""
     import tensorflow as tf
 
     return [
         tf.IndexedSlices(g.values * factor, g.indices, g.dense_shape)
         if isinstance(g, tf.IndexedSlices)
-        else (None if g is None else g * factor)
+        else g * factor
         for g in grads
     ]
 
@@ -123,14 +121,13 @@ class ClipsTheMergedGradient:
     def _clip_gradients(self, grads):
         from elmo_pipeline.bilm.replicas import tf_replica_context
 
-        grads = merge_duplicate_rows(grads)
         replica = tf_replica_context()
         if replica is None or not self.global_clipnorm:
-            return super()._clip_gradients(grads)
+            return super()._clip_gradients(merge_duplicate_rows(grads))
         present = [i for i, g in enumerate(grads) if g is not None]
         summed = replica.all_reduce("sum", [grads[i] for i in present])
         clipped = super()._clip_gradients(merge_duplicate_rows(list(summed)))
-        shares = scale_gradients(clipped, 1.0 / replica.num_replicas_in_sync)
+        shares = scale_tf_gradients(clipped, 1.0 / replica.num_replicas_in_sync)
         out = list(grads)
         for i, share in zip(present, shares, strict=True):
             out[i] = share
@@ -149,18 +146,32 @@ class AdamW(ClipsTheMergedGradient, keras.optimizers.AdamW):
     """Keras' AdamW whose global-norm clip sees merged sparse gradients."""
 
 
+def learning_rate_schedule(settings: dict[str, Any], total_steps: int):
+    """The learning rate per step: a float (Adagrad) or a Keras schedule (Adam, AdamW)."""
+    peak = learning_rate(settings)
+    if settings.get("optimizer", "adagrad") == "adagrad":
+        return peak
+    return warmup_then_decay(
+        peak, int(settings.get("warmup_steps", 0)), total_steps, settings.get("decay", "cosine")
+    )
+
+
+def learning_rate_at(schedule, step: int) -> float:
+    """The learning rate of 0-based ``step``, computed on the host (no read of the optimizer)."""
+    if isinstance(schedule, int | float):
+        return float(schedule)
+    return float(np.asarray(schedule(step)))
+
+
 def build_optimizer(settings: dict[str, Any], total_steps: int):
     """The Keras optimizer for the ``bilm`` settings (completed by ``train.complete_settings``)."""
     name = settings.get("optimizer", "adagrad")
-    clip = float(settings["all_clip_norm_val"])
-    peak = learning_rate(settings)
-    if name == "adagrad":
-        return Adagrad(learning_rate=peak, initial_accumulator_value=1.0, global_clipnorm=clip)
-    if name not in ("adam", "adamw"):
+    if name not in OPTIMIZERS:
         raise ValueError(f"bilm.optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
-    schedule = warmup_then_decay(
-        peak, int(settings.get("warmup_steps", 0)), total_steps, settings.get("decay", "cosine")
-    )
+    clip = float(settings["all_clip_norm_val"])
+    schedule = learning_rate_schedule(settings, total_steps)
+    if name == "adagrad":
+        return Adagrad(learning_rate=schedule, initial_accumulator_value=1.0, global_clipnorm=clip)
     if name == "adam":
         return Adam(learning_rate=schedule, global_clipnorm=clip)
     return AdamW(
@@ -168,8 +179,3 @@ def build_optimizer(settings: dict[str, Any], total_steps: int):
         weight_decay=float(settings.get("weight_decay", 0.01)),
         global_clipnorm=clip,
     )
-
-
-def current_learning_rate(optimizer) -> float:
-    """The learning rate the optimizer uses at its current iteration."""
-    return float(np.asarray(optimizer.learning_rate))

@@ -34,7 +34,7 @@ from elmo_pipeline.bilm.monitoring import (
     TrainingDivergedError,
     TrainingHistory,
 )
-from elmo_pipeline.common import read_json, write_json
+from elmo_pipeline.common import write_json
 
 if TYPE_CHECKING:
     from elmo_pipeline.train import TrainingPlan
@@ -99,7 +99,7 @@ class TrainingRun:
     ) -> None:
         from elmo_pipeline.bilm.data import BiLMBatcher
         from elmo_pipeline.bilm.model import build_training_model
-        from elmo_pipeline.bilm.optimizers import build_optimizer
+        from elmo_pipeline.bilm.optimizers import build_optimizer, learning_rate_schedule
 
         self.plan = plan
         self.out_dir = out_dir
@@ -112,6 +112,9 @@ class TrainingRun:
             self.optimizer = build_optimizer(settings, plan.total_steps)
             self.model.compile(optimizer=self.optimizer, jit_compile=plan.backend == "jax")
             self.optimizer.build(self.model.trainable_variables)
+        #: the optimizer's learning rate per step, computed on the host for the history rows
+        #: (reading the optimizer's would wait for the device every step)
+        self.schedule = learning_rate_schedule(settings, plan.total_steps)
         self.batcher = BiLMBatcher(
             shard_files,
             vocab,
@@ -127,6 +130,7 @@ class TrainingRun:
         self.step, self.run = 0, 0
         self.history = TrainingHistory(out_dir / "history.csv")
         self.last_good: Path | None = None
+        self.last_good_step: int | None = None
         self.data_state = self.batcher.state_dict()
 
     # -- resume -------------------------------------------------------------------------------
@@ -144,7 +148,7 @@ class TrainingRun:
         best = self.checkpoints.best_meta()
         if best is not None and best.get("heldout_ppl") is not None:
             self.guard.best_ppl = float(best["heldout_ppl"])
-        self.last_good = path
+        self.last_good, self.last_good_step = path, self.step
         log.info(
             "resumed from %s at step %d of %d (run %d)", path, self.step, self.plan.total_steps,
             self.run,
@@ -177,6 +181,7 @@ class TrainingRun:
         if not weights_are_finite(self.model):
             raise self.diverged("the weights are NaN/inf; no checkpoint written")
         self.last_good = self.checkpoints.save(self.model, self.optimizer, self.meta())
+        self.last_good_step = self.step
         self.history.save_running()
 
     # -- steps --------------------------------------------------------------------------------
@@ -215,7 +220,7 @@ class TrainingRun:
             )
 
     def run_steps(self) -> None:
-        from elmo_pipeline.bilm.optimizers import current_learning_rate
+        from elmo_pipeline.bilm.optimizers import learning_rate_at
 
         plan = self.plan
         if self.step >= plan.total_steps:
@@ -230,7 +235,6 @@ class TrainingRun:
         try:
             while self.step < plan.total_steps:
                 batch, data_state = prefetcher.get()
-                lr = current_learning_rate(self.optimizer)
                 loss = self.train_step(batch)
                 self.step += 1
                 self.data_state = data_state
@@ -247,7 +251,7 @@ class TrainingRun:
                         "epoch": plan.epoch_of(self.step),
                         "run": self.run,
                         "tokens_per_s": round(window_steps * plan.tokens_per_step / seconds, 1),
-                        "learning_rate": lr,
+                        "learning_rate": learning_rate_at(self.schedule, self.step - 1),
                         "train_loss": window_loss / window_steps,
                     }
                     if epoch_end:
@@ -270,9 +274,7 @@ class TrainingRun:
     # -- the end ------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         """Final checkpoint, ``model.weights.h5`` (best or last), options and history."""
-        if self.last_good is None or int(read_json(self.last_good / "meta.json")["step"]) != (
-            self.step
-        ):
+        if self.last_good_step != self.step:
             self.save_checkpoint()
         chosen = self.choose_final_weights()
         write_final_weights(self.model, self.out_dir / "model.weights.h5")
