@@ -39,6 +39,13 @@ TINY_BILM = {
 }
 
 
+#: The demo's evaluation data (config/config.yaml) on a few sentences and epochs.
+TINY_EVALUATE = {
+    "classification": {"max_examples": 60, "keras_epochs": 1},
+    "pos": {"max_sentences": 120, "probe_epochs": 2, "keras_epochs": 1},
+}
+
+
 def tiny_config(**bilm_overrides) -> dict:
     return {
         "corpus": {
@@ -53,6 +60,7 @@ def tiny_config(**bilm_overrides) -> dict:
         "word2vec": {"epochs": 2},
         "bilm": {**TINY_BILM, **bilm_overrides},
         "embed": {"batch_size": 16},
+        "evaluate": TINY_EVALUATE,
     }
 
 

@@ -172,33 +172,17 @@ def plot_evaluation(
     perplexity_json: str | os.PathLike,
     classification_json: str | os.PathLike,
     out: str | os.PathLike,
+    pos_json: str | os.PathLike | None = None,
 ) -> None:
+    """POS accuracy, classification accuracy (both with 95 % intervals) and perplexities."""
     plt = pyplot()
     perplexity, classification = read_json(perplexity_json), read_json(classification_json)
-    fig, (ax_cls, ax_ppl) = plt.subplots(
-        1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]}
+    pos = read_json(pos_json) if pos_json else {"skipped": "no pos.json"}
+    fig, (ax_pos, ax_cls, ax_ppl) = plt.subplots(
+        1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [2, 1.6, 1]}
     )
-    methods = classification.get("methods", {})
-    if methods:
-        names = list(methods)
-        x = np.arange(len(names))
-        for offset, metric in ((-0.2, "accuracy"), (0.2, "macro_f1")):
-            values = [methods[n][metric] for n in names]
-            bars = ax_cls.bar(x + offset, values, width=0.4, label=metric)
-            ax_cls.bar_label(bars, fmt="%.2f", fontsize=8)
-        ax_cls.axhline(
-            classification["majority_baseline_accuracy"], color="grey", ls=":", label="majority"
-        )
-        ax_cls.set_xticks(x, [n.replace("_", "\n", 1) for n in names], fontsize=8)
-        ax_cls.set_ylim(0, 1)
-        ax_cls.legend(fontsize=8)
-        ax_cls.set_title(
-            f"{classification['n_classes']} classes, {classification['n_train']} train / "
-            f"{classification['n_test']} test"
-        )
-    else:
-        ax_cls.text(0.5, 0.5, classification.get("skipped", "no classification"), ha="center")
-        ax_cls.set_axis_off()
+    _pos_panel(ax_pos, pos)
+    _classification_panel(ax_cls, classification)
     labels = ["forward", "backward", "combined", "unigram_add_one"]
     values = [perplexity[k] for k in labels]
     bars = ax_ppl.bar(range(4), values, color=["C0", "C1", "k", "grey"])
@@ -209,6 +193,62 @@ def plot_evaluation(
     fig.tight_layout()
     _save(fig, out)
     plt.close(fig)
+
+
+def _interval_bars(ax, x, scores: list[dict], offset: float, label: str, color: str) -> None:
+    """Bars of ``accuracy`` with their ``ci95`` as error bars, labelled with the value."""
+    values = np.array([s["accuracy"] if s["accuracy"] is not None else np.nan for s in scores])
+    low = np.array([s["ci95"][0] for s in scores])
+    high = np.array([s["ci95"][1] for s in scores])
+    errors = np.vstack([np.clip(values - low, 0, None), np.clip(high - values, 0, None)])
+    bars = ax.bar(x + offset, values, width=0.4, label=label, color=color)
+    ax.errorbar(x + offset, values, yerr=errors, fmt="none", ecolor="k", capsize=2, lw=0.8)
+    ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=3)
+
+
+def _skipped(ax, report: dict, what: str) -> None:
+    ax.text(0.5, 0.5, report.get("skipped", f"no {what}"), ha="center", wrap=True)
+    ax.set_axis_off()
+
+
+def _pos_panel(ax, pos: dict) -> None:
+    methods = pos.get("methods", {})
+    if not methods:
+        _skipped(ax, pos, "POS evaluation")
+        return
+    names = list(methods)
+    x = np.arange(len(names))
+    _interval_bars(ax, x, [methods[n]["all"] for n in names], -0.2, "all tokens", "C0")
+    _interval_bars(ax, x, [methods[n]["ambiguous"] for n in names], 0.2, "ambiguous", "C2")
+    ax.axhline(pos["majority_tag_accuracy"], color="grey", ls=":", label="majority tag")
+    ax.set_xticks(x, [n.replace("_", "\n", 1) for n in names], fontsize=8)
+    ax.set_ylim(0, 1.08)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(
+        f"POS: {pos['n_tags']} tags, {pos['test_tokens']} test tokens "
+        f"({pos['n_test_sentences']} sentences)"
+    )
+
+
+def _classification_panel(ax, classification: dict) -> None:
+    methods = classification.get("methods", {})
+    if not methods:
+        _skipped(ax, classification, "classification")
+        return
+    names = list(methods)
+    x = np.arange(len(names))
+    scores = [
+        {"accuracy": methods[n]["accuracy"], "ci95": methods[n]["accuracy_ci95"]} for n in names
+    ]
+    _interval_bars(ax, x, scores, 0.0, "accuracy", "C0")
+    ax.axhline(classification["majority_baseline_accuracy"], color="grey", ls=":", label="majority")
+    ax.set_xticks(x, [n.replace("_", "\n", 1) for n in names], fontsize=8)
+    ax.set_ylim(0, 1.08)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(
+        f"{classification['n_classes']} classes, {classification['n_train']} train / "
+        f"{classification['n_test']} test"
+    )
 
 
 def plot_polysemy(
@@ -265,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heldout", help="corpus: results/corpus/heldout.txt")
     parser.add_argument("--perplexity", help="evaluation: results/eval/perplexity.json")
     parser.add_argument("--classification", help="evaluation: results/eval/classification.json")
+    parser.add_argument("--pos", default=None, help="evaluation: results/eval/pos.json")
     parser.add_argument("--out", required=True, help="PNG file to write")
     parser.add_argument("--log", default=None, help="log file")
     args = parser.parse_args(argv)
@@ -276,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.figure == "corpus":
             plot_corpus(args.shards, args.heldout, args.out)
         else:
-            plot_evaluation(args.perplexity, args.classification, args.out)
+            plot_evaluation(args.perplexity, args.classification, args.out, args.pos)
     except (FileNotFoundError, ValueError, KeyError) as error:
         log.error("%s: %s", args.figure, error)
         return 1

@@ -57,9 +57,10 @@ def check_config(cfg):
                 f"corpus.paths: {pattern!r} is a directory or matches only directories; "
                 "give files, or a glob of the files in it"
             )
-    labelled = cfg["evaluate"]["classification"]["path"]
-    if labelled and not os.path.isfile(os.path.expanduser(labelled)):
-        raise ConfigError(f"evaluate.classification.path: {labelled!r} is not a file")
+    for section in ("classification", "pos"):
+        given = cfg["evaluate"][section]["path"]
+        if given and not os.path.isfile(os.path.expanduser(given)):
+            raise ConfigError(f"evaluate.{section}.path: {given!r} is not a file")
     for pattern in cfg["embed"]["inputs"]:
         if not glob.glob(os.path.expanduser(pattern)):
             raise ConfigError(f"embed.inputs: {pattern!r} matches no file")
@@ -202,6 +203,7 @@ def final_targets():
 EVALUATION_TARGETS = [
     "results/eval/perplexity.json",
     "results/eval/classification.json",
+    "results/eval/pos.json",
     "results/eval/polysemy.json",
     "results/eval/polysemy.png",
     "results/plots/training_curve.png",
@@ -211,9 +213,13 @@ EVALUATION_TARGETS = [
 
 
 def evaluate_labelled_input(wildcards):
-    """The labelled file of evaluate.classification, when one is configured."""
-    path = config["evaluate"]["classification"]["path"]
-    return {"labelled": os.path.expanduser(path)} if path else {}
+    """The labelled file of evaluate.classification and the gold-tagged file of
+    evaluate.pos, those that are configured."""
+    paths = {
+        "labelled": config["evaluate"]["classification"]["path"],
+        "tagged": config["evaluate"]["pos"]["path"],
+    }
+    return {name: os.path.expanduser(path) for name, path in paths.items() if path}
 
 
 check_config(config)

@@ -1,5 +1,6 @@
 rule evaluate:
-    """Held-out perplexity vs unigram, classification (ELMo vs word2vec), polysemy."""
+    """Held-out perplexity vs unigram, POS probes and classification (ELMo vs word2vec,
+    with intervals), polysemy."""
     input:
         unpack(evaluate_labelled_input),
         weights="results/model/weights.hdf5",
@@ -19,6 +20,11 @@ rule evaluate:
         classification=report(
             "results/eval/classification.json",
             caption="../report/classification.rst",
+            category="Evaluation",
+        ),
+        pos=report(
+            "results/eval/pos.json",
+            caption="../report/pos.rst",
             category="Evaluation",
         ),
         polysemy="results/eval/polysemy.json",
@@ -97,6 +103,7 @@ rule plot_evaluation:
     input:
         perplexity="results/eval/perplexity.json",
         classification="results/eval/classification.json",
+        pos="results/eval/pos.json",
         code=sources("plots"),
     output:
         report(
@@ -112,4 +119,4 @@ rule plot_evaluation:
         ENV
     shell:
         "python -m elmo_pipeline.plots evaluation --perplexity {input.perplexity} "
-        "--classification {input.classification} --out {output} --log {log}"
+        "--classification {input.classification} --pos {input.pos} --out {output} --log {log}"

@@ -1,4 +1,4 @@
-"""Stage ``evaluate``: are the trained vectors any good?  Three files under ``results/eval/``.
+"""Stage ``evaluate``: are the trained vectors any good?  Four reports under ``results/eval/``.
 
 ``perplexity.json``
     The held-out perplexity the training stage measured at its last epoch
@@ -17,7 +17,16 @@
     informative second ELMo feature), and the mean word2vec vector of the same tokens
     (the baseline); plus a small Keras classifier on :class:`ElmoLayer` (frozen biLM,
     learned ``weight_layers`` mix, mean pooling, softmax).  Accuracy and macro-F1 on the
-    test part.
+    test part, each accuracy with a 95 % Wilson interval, and every ELMo method minus mean
+    word2vec on the same titles with a paired-bootstrap interval (``versus_baseline``).
+``pos.json``
+    Token-level probes on gold-tagged text that no config trains on (``evaluate.pos``:
+    the last tenth of People's Daily 1998-01 for Chinese, Brown files for English):
+    linear softmax probe per token on word2vec, word2vec with its ±1 neighbours (the
+    baseline), each biLM layer and ``elmo``, plus a Keras tagger that learns ElmoLayer's
+    layer mix;
+    accuracy over all, ambiguous and out-of-vocabulary tokens with 95 % intervals
+    (bootstrap over sentences), entity-span F1, paired differences against the baseline.
 ``polysemy.json`` and ``polysemy.png``
     For the configured words and ``n_auto_words`` found automatically (among the most
     frequent words, those whose contextual vectors spread most: mean cosine distance to
@@ -28,7 +37,8 @@
 Inputs are the pipeline's own files; bad lines of the labelled file are counted and
 named, never silently dropped.
 
-Modules: ``perplexity``, ``classification``, ``polysemy`` (one report each) and ``stage``
+Modules: ``perplexity``, ``classification``, ``pos``, ``polysemy`` (one report each),
+``intervals`` (the 95 % intervals) and ``stage``
 (settings and the command line, ``python -m elmo_pipeline.evaluate``).
 """
 
@@ -40,12 +50,13 @@ from elmo_pipeline.evaluate.classification import (
     classification_report,
     elmo_features,
     embedder_tokens,
-    keras_classifier_scores,
-    logistic_scores,
+    keras_classifier_predictions,
+    logistic_predictions,
     read_labelled,
     sample_and_split,
     word2vec_features,
 )
+from elmo_pipeline.evaluate.intervals import paired_difference, wilson_interval
 from elmo_pipeline.evaluate.perplexity import last_epoch_perplexity, perplexity_report
 from elmo_pipeline.evaluate.polysemy import (
     context,
@@ -56,6 +67,7 @@ from elmo_pipeline.evaluate.polysemy import (
     polysemy_sentences,
     spread,
 )
+from elmo_pipeline.evaluate.pos import pos_report, read_tagged, split_probe
 from elmo_pipeline.evaluate.stage import DEFAULTS, main, resolve_settings, run_evaluation
 
 __all__ = [
@@ -66,20 +78,25 @@ __all__ = [
     "elmo_features",
     "embedder_tokens",
     "is_word",
-    "keras_classifier_scores",
+    "keras_classifier_predictions",
     "last_epoch_perplexity",
-    "logistic_scores",
+    "logistic_predictions",
     "main",
     "occurrence_vectors",
+    "paired_difference",
     "pca_2d",
     "perplexity_report",
     "polysemy_report",
     "polysemy_sentences",
+    "pos_report",
     "read_labelled",
+    "read_tagged",
     "read_token_lines",
     "resolve_settings",
     "run_evaluation",
     "sample_and_split",
+    "split_probe",
     "spread",
+    "wilson_interval",
     "word2vec_features",
 ]

@@ -2,6 +2,8 @@
 
 Logistic regression on ELMo ``default``, on the per-layer token means and on the mean
 word2vec vector, plus a small Keras classifier on :class:`ElmoLayer`; one stratified split.
+Every accuracy has a 95 % Wilson interval, and every ELMo method is compared with mean
+word2vec on the same test titles by a paired bootstrap.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from typing import Any
 import numpy as np
 
 from elmo_pipeline.common import open_binary
+from elmo_pipeline.evaluate.intervals import paired_difference, wilson_interval
 
 log = logging.getLogger("elmo_pipeline.evaluate")
+
+BASELINE = "logreg_word2vec_mean"
 
 
 def read_labelled(
@@ -106,24 +111,31 @@ def word2vec_features(vectors, sentences: list[list[str]]) -> tuple[np.ndarray, 
     return features, {"tokens_with_vector": found, "tokens_without_vector": missing}
 
 
-def logistic_scores(x_train, y_train, x_test, y_test, seed: int) -> dict[str, float]:
-    """Accuracy and macro-F1 of a standardised logistic regression."""
+def test_scores(y_test: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """Accuracy with its 95 % Wilson interval (titles are independent items) and macro-F1."""
+    from sklearn.metrics import f1_score
+
+    correct = np.asarray(predicted) == np.asarray(y_test)
+    low, high = wilson_interval(int(correct.sum()), len(correct))
+    return {
+        "accuracy": float(correct.mean()),
+        "accuracy_ci95": [round(low, 4), round(high, 4)],
+        "macro_f1": float(f1_score(y_test, predicted, average="macro")),
+    }
+
+
+def logistic_predictions(x_train, y_train, x_test, seed: int) -> np.ndarray:
+    """Test predictions of a standardised logistic regression."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
     model.fit(x_train, y_train)
-    predicted = model.predict(x_test)
-    return {
-        "accuracy": float(accuracy_score(y_test, predicted)),
-        "macro_f1": float(f1_score(y_test, predicted, average="macro")),
-        "n_features": int(x_train.shape[1]),
-    }
+    return model.predict(x_test)
 
 
-def keras_classifier_scores(
+def keras_classifier_predictions(
     model_dir: str | os.PathLike,
     train: tuple[list[list[str]], np.ndarray],
     test: tuple[list[list[str]], np.ndarray],
@@ -131,10 +143,10 @@ def keras_classifier_scores(
     epochs: int,
     max_tokens: int,
     seed: int,
-) -> dict[str, Any]:
-    """A small Keras classifier on ElmoLayer: learned mix, mean pooling, softmax."""
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A small Keras classifier on ElmoLayer (learned mix, mean pooling, softmax): its test
+    predictions and what it learned."""
     import keras
-    from sklearn.metrics import accuracy_score, f1_score
 
     from elmo_pipeline.bilm.elmo_layer import ElmoLayer
     from elmo_pipeline.bilm.text import ElmoInputs
@@ -160,9 +172,7 @@ def keras_classifier_scores(
     probs = model.predict(inputs(test[0], max_tokens=max_tokens), batch_size=64, verbose=0)
     predicted = np.argmax(probs, axis=1)
     weights = keras.ops.convert_to_numpy(keras.ops.softmax(layer.scalar_weights))
-    return {
-        "accuracy": float(accuracy_score(test[1], predicted)),
-        "macro_f1": float(f1_score(test[1], predicted, average="macro")),
+    return predicted, {
         "epochs": epochs,
         "final_train_loss": float(history.history["loss"][-1]),
         "learned_layer_weights": [float(w) for w in weights],
@@ -215,13 +225,18 @@ def classification_report(
             KeyedVectors.load(os.fspath(word2vec_kv)), sentences
         )
     y_train, y_test = y[train], y[test]
+    predictions: dict[str, np.ndarray] = {}
     methods: dict[str, Any] = {}
     for name, matrix in features.items():
-        methods[f"logreg_{name}"] = logistic_scores(
-            matrix[:n_train], y_train, matrix[n_train:], y_test, seed
+        predictions[f"logreg_{name}"] = logistic_predictions(
+            matrix[:n_train], y_train, matrix[n_train:], seed
         )
+        methods[f"logreg_{name}"] = {
+            **test_scores(y_test, predictions[f"logreg_{name}"]),
+            "n_features": int(matrix.shape[1]),
+        }
         log.info("%s: %s", name, methods[f"logreg_{name}"])
-    methods["keras_elmo_layer"] = keras_classifier_scores(
+    predictions["keras_elmo_layer"], learned = keras_classifier_predictions(
         model_dir,
         (sentences[:n_train], y_train),
         (sentences[n_train:], y_test),
@@ -230,7 +245,12 @@ def classification_report(
         settings["max_tokens"],
         seed,
     )
+    methods["keras_elmo_layer"] = {
+        **test_scores(y_test, predictions["keras_elmo_layer"]),
+        **learned,
+    }
     log.info("keras_elmo_layer: %s", methods["keras_elmo_layer"])
+    comparisons = compare_with_baseline(predictions, y_test, seed)
     return {
         "data": os.fspath(path),
         "n_lines_used": len(texts),
@@ -242,7 +262,24 @@ def classification_report(
         "seed": seed,
         "majority_baseline_accuracy": float(np.bincount(y_test).max() / len(y_test)),
         "word2vec_tokens": w2v_info,
+        "intervals": "accuracy_ci95: 95 % Wilson; versus_baseline: paired bootstrap over titles",
         "methods": methods,
+        "versus_baseline": comparisons,
+    }
+
+
+def compare_with_baseline(
+    predictions: dict[str, np.ndarray], y_test: np.ndarray, seed: int
+) -> dict[str, Any]:
+    """Each ELMo method's accuracy minus mean word2vec's on the same titles (paired
+    bootstrap interval); empty without the word2vec baseline."""
+    if BASELINE not in predictions:
+        return {}
+    baseline = predictions[BASELINE] == y_test
+    return {
+        f"{name}_minus_{BASELINE}": paired_difference(predicted == y_test, baseline, seed=seed)
+        for name, predicted in predictions.items()
+        if name != BASELINE
     }
 
 

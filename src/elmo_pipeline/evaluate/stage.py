@@ -1,4 +1,4 @@
-"""The evaluate stage: its settings, the three reports in turn, and the command line."""
+"""The evaluate stage: its settings, the four reports in turn, and the command line."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from elmo_pipeline.common import (
 from elmo_pipeline.evaluate.classification import classification_report
 from elmo_pipeline.evaluate.perplexity import perplexity_report
 from elmo_pipeline.evaluate.polysemy import polysemy_report, polysemy_sentences
+from elmo_pipeline.evaluate.pos import pos_report
 
 log = logging.getLogger("elmo_pipeline.evaluate")
 
@@ -34,6 +35,14 @@ DEFAULTS: dict[str, Any] = {
         "test_fraction": 0.3,
         "keras_epochs": 20,
         "max_tokens": 64,
+    },
+    "pos": {
+        "path": None,
+        "max_sentences": 3000,
+        "train_fraction": 0.6,
+        "entity_tags": [],
+        "probe_epochs": 10,
+        "keras_epochs": 10,
     },
     "polysemy": {
         "words": [],
@@ -53,7 +62,7 @@ def resolve_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The ``evaluate`` section with every default filled in."""
     given = settings.get("evaluate", settings) or {}
     resolved = {"seed": given.get("seed", DEFAULTS["seed"])}
-    for section in ("classification", "polysemy"):
+    for section in ("classification", "pos", "polysemy"):
         resolved[section] = {**DEFAULTS[section], **(given.get(section) or {})}
     return resolved
 
@@ -67,7 +76,7 @@ def run_evaluation(
     out_dir: str | os.PathLike,
     settings: dict[str, Any],
 ) -> None:
-    """Write perplexity.json, classification.json, polysemy.json and polysemy.png."""
+    """Write perplexity.json, classification.json, pos.json, polysemy.json and polysemy.png."""
     from elmo_pipeline.bilm.embedder import Embedder
     from elmo_pipeline.plots import plot_polysemy
     from elmo_pipeline.vocab import read_vocab
@@ -86,6 +95,13 @@ def run_evaluation(
     else:
         report = {"skipped": "evaluate.classification.path is null: no labelled data"}
     write_json(out_dir / "classification.json", report)
+
+    pos = settings["pos"]
+    if pos.get("path"):
+        report = pos_report(model_dir, word2vec_kv, pos, seed)
+    else:
+        report = {"skipped": "evaluate.pos.path is null: no gold-tagged text"}
+    write_json(out_dir / "pos.json", report)
 
     embedder = Embedder.from_dir(model_dir)
     polysemy = settings["polysemy"]
