@@ -223,7 +223,7 @@ def _pos_panel(ax, pos: dict) -> None:
     ax.axhline(pos["majority_tag_accuracy"], color="grey", ls=":", label="majority tag")
     ax.set_xticks(x, [n.replace("_", "\n", 1) for n in names], fontsize=8)
     ax.set_ylim(0, 1.08)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper right", ncol=3)
     ax.set_title(
         f"POS: {pos['n_tags']} tags, {pos['test_tokens']} test tokens "
         f"({pos['n_test_sentences']} sentences)"
@@ -244,7 +244,7 @@ def _classification_panel(ax, classification: dict) -> None:
     ax.axhline(classification["majority_baseline_accuracy"], color="grey", ls=":", label="majority")
     ax.set_xticks(x, [n.replace("_", "\n", 1) for n in names], fontsize=8)
     ax.set_ylim(0, 1.08)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper right", ncol=3)
     ax.set_title(
         f"{classification['n_classes']} classes, {classification['n_train']} train / "
         f"{classification['n_test']} test"
