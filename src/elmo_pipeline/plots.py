@@ -220,13 +220,12 @@ def _pos_panel(ax, pos: dict) -> None:
     x = np.arange(len(names))
     _interval_bars(ax, x, [methods[n]["all"] for n in names], -0.2, "all tokens", "C0")
     _interval_bars(ax, x, [methods[n]["ambiguous"] for n in names], 0.2, "ambiguous", "C2")
-    ax.axhline(pos["majority_tag_accuracy"], color="grey", ls=":", label="majority tag")
-    ax.set_xticks(x, [n.replace("_", "\n", 1) for n in names], fontsize=8)
-    ax.set_ylim(0, 1.08)
-    ax.legend(fontsize=8, loc="upper right", ncol=3)
-    ax.set_title(
+    _finish_accuracy_axes(
+        ax,
+        names,
+        (pos["majority_tag_accuracy"], "majority tag"),
         f"POS: {pos['n_tags']} tags, {pos['test_tokens']} test tokens "
-        f"({pos['n_test_sentences']} sentences)"
+        f"({pos['n_test_sentences']} sentences)",
     )
 
 
@@ -241,14 +240,22 @@ def _classification_panel(ax, classification: dict) -> None:
         {"accuracy": methods[n]["accuracy"], "ci95": methods[n]["accuracy_ci95"]} for n in names
     ]
     _interval_bars(ax, x, scores, 0.0, "accuracy", "C0")
-    ax.axhline(classification["majority_baseline_accuracy"], color="grey", ls=":", label="majority")
-    ax.set_xticks(x, [n.replace("_", "\n", 1) for n in names], fontsize=8)
+    _finish_accuracy_axes(
+        ax,
+        names,
+        (classification["majority_baseline_accuracy"], "majority"),
+        f"{classification['n_classes']} classes, {classification['n_train']} train / "
+        f"{classification['n_test']} test",
+    )
+
+
+def _finish_accuracy_axes(ax, names: list[str], majority: tuple[float, str], title: str) -> None:
+    """Method names under the bars, the majority-class line, a 0-1 scale and the title."""
+    ax.axhline(majority[0], color="grey", ls=":", label=majority[1])
+    ax.set_xticks(np.arange(len(names)), [n.replace("_", "\n", 1) for n in names], fontsize=8)
     ax.set_ylim(0, 1.08)
     ax.legend(fontsize=8, loc="upper right", ncol=3)
-    ax.set_title(
-        f"{classification['n_classes']} classes, {classification['n_train']} train / "
-        f"{classification['n_test']} test"
-    )
+    ax.set_title(title)
 
 
 def plot_polysemy(

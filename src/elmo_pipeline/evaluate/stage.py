@@ -89,19 +89,16 @@ def run_evaluation(
     log.info("perplexity: %s", perplexity)
     write_json(out_dir / "perplexity.json", perplexity)
 
-    classification = settings["classification"]
-    if classification.get("path"):
-        report = classification_report(model_dir, word2vec_kv, classification, seed)
-    else:
-        report = {"skipped": "evaluate.classification.path is null: no labelled data"}
-    write_json(out_dir / "classification.json", report)
-
-    pos = settings["pos"]
-    if pos.get("path"):
-        report = pos_report(model_dir, word2vec_kv, pos, seed)
-    else:
-        report = {"skipped": "evaluate.pos.path is null: no gold-tagged text"}
-    write_json(out_dir / "pos.json", report)
+    labelled_tasks = [
+        ("classification", classification_report, "no labelled data"),
+        ("pos", pos_report, "no gold-tagged text"),
+    ]
+    for task, build_report, missing in labelled_tasks:
+        if settings[task].get("path"):
+            report = build_report(model_dir, word2vec_kv, settings[task], seed)
+        else:
+            report = {"skipped": f"evaluate.{task}.path is null: {missing}"}
+        write_json(out_dir / f"{task}.json", report)
 
     embedder = Embedder.from_dir(model_dir)
     polysemy = settings["polysemy"]
