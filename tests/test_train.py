@@ -219,6 +219,58 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(data, tmp_path):
     assert not (out / "checkpoints").exists() and list(out.glob("checkpoints.old-*"))
 
 
+@pytest.mark.parametrize(
+    "schedule", [{}, {"optimizer": "adam", "learning_rate": 0.01, "decay": "none"}],
+    ids=["adagrad", "adam-constant"],
+)  # fmt: skip
+def test_raising_n_epochs_continues_the_finished_run(data, tmp_path, caplog, schedule):
+    """A finished 1-epoch run, then n_epochs 2 in the same directory: one more epoch is
+    trained from its checkpoint, and with a schedule that does not depend on the run's
+    length (Adagrad's constant rate, Adam without decay) the result is the 2-epoch run's."""
+    settings = {**SMALL_MODEL, "batch_size": 4, **schedule}
+    reference = tmp_path / "two_epochs"
+    run(data["tiny"], data["heldout"], reference, **{**settings, "n_epochs": 2})
+    want = read_history(reference)
+
+    out = tmp_path / "continued"
+    run(data["tiny"], data["heldout"], out, **{**settings, "n_epochs": 1})
+    steps_one_epoch = int(read_history(out)[-1]["step"])
+    with caplog.at_level("INFO", logger="elmo_pipeline"):
+        run(data["tiny"], data["heldout"], out, **{**settings, "n_epochs": 2})
+    assert "continuing the run of" in caplog.text and "bilm.n_epochs: 1 -> 2" in caplog.text
+    got = read_history(out)
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    assert {r["run"] for r in got if int(r["step"]) > steps_one_epoch} == {"1"}
+    assert {r["run"] for r in got if int(r["step"]) <= steps_one_epoch} == {"0"}
+    np.testing.assert_allclose(
+        [float(r["train_loss"]) for r in got], [float(r["train_loss"]) for r in want], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        float(got[-1]["heldout_ppl"]), float(want[-1]["heldout_ppl"]), rtol=1e-5
+    )
+    assert not list(tmp_path.glob("continued/checkpoints.old-*"))
+
+
+def test_a_changed_network_size_starts_afresh_and_names_the_setting(data, tmp_path, caplog):
+    from elmo_pipeline.bilm.checkpoints import CheckpointManager
+
+    settings = {**SMALL_MODEL, "n_epochs": 1, "batch_size": 8}
+    run(data["tiny"], data["heldout"], tmp_path, **settings)
+    meta = json.loads(sorted((tmp_path / "checkpoints").glob("ckpt-*/meta.json"))[-1].read_text())
+    wider = {**meta["settings"], "lstm": {**meta["settings"]["lstm"], "dim": 48}}
+    manager = CheckpointManager(tmp_path / "checkpoints")
+    with caplog.at_level("WARNING", logger="elmo_pipeline"):
+        found = manager.find_resumable("other", "other-continuation", wider, 10_000)
+    assert found is None and "bilm.lstm.dim: 64 -> 48" in caplog.text
+    assert list(tmp_path.glob("checkpoints.old-*"))
+    # a shorter run than what was trained cannot continue it either
+    run(data["tiny"], data["heldout"], tmp_path / "again", **settings)
+    manager = CheckpointManager(tmp_path / "again" / "checkpoints")
+    meta = json.loads(sorted(manager.dir.glob("ckpt-*/meta.json"))[-1].read_text())
+    assert manager.find_resumable("other", meta["continuation"], meta["settings"], 1) is None
+    assert "more than 1" in caplog.text
+
+
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(data, tmp_path):
     """A learning rate of 1e38 makes the weights overflow to inf within a few steps (char mode)."""
     out = tmp_path / "bilm"

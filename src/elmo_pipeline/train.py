@@ -91,6 +91,10 @@ DEFAULTS: dict[str, Any] = {
 }
 #: Settings that do not change what is trained (not part of the resume fingerprint).
 NOT_FINGERPRINTED = ("checkpoint_every", "divergence_factor", "final_weights")
+#: Settings a finished or running run can be continued across: only its length. The
+#: ``continuation`` fingerprint leaves them out, so raising ``n_epochs`` resumes the
+#: checkpoint of the shorter run instead of starting afresh.
+RUN_LENGTH = ("n_epochs",)
 #: Bumped when the training rule itself changes (v2: bilm-tf's loss scaling), so that
 #: checkpoints of an older rule are never resumed.
 TRAINING_RULE_VERSION = 2
@@ -269,6 +273,9 @@ class TrainingPlan:
     steps_per_epoch: int
     total_steps: int
     fingerprint: str
+    #: the fingerprint without the run's length: equal for runs that differ only in
+    #: ``n_epochs``, so a longer run continues a shorter one's checkpoint.
+    continuation: str = ""
 
     @property
     def batch_size(self) -> int:
@@ -310,14 +317,16 @@ def make_plan(
 ) -> TrainingPlan:
     batch, unroll = int(settings["batch_size"]), int(settings["unroll_steps"])
     steps_epoch = steps_per_epoch(n_train_tokens, batch, unroll, n_replicas)
-    fingerprint = settings_fingerprint(
-        settings,
-        file_sha256(vocab_file),
-        n_train_tokens,
-        n_replicas,
-        init_sha256=file_sha256(init_file) if init_file else None,
-        shard_sizes=[os.path.getsize(f) for f in shard_files],
-    )
+    upstream = {
+        "vocab_sha256": file_sha256(vocab_file),
+        "n_train_tokens": n_train_tokens,
+        "n_replicas": n_replicas,
+        "init_sha256": file_sha256(init_file) if init_file else None,
+        "shard_sizes": [os.path.getsize(f) for f in shard_files],
+    }
+    fingerprint = settings_fingerprint(settings, **upstream)
+    length_free = {k: v for k, v in settings.items() if k not in RUN_LENGTH}
+    continuation = settings_fingerprint(length_free, **upstream)
     return TrainingPlan(
         settings=settings,
         n_vocab=n_vocab,
@@ -327,6 +336,7 @@ def make_plan(
         steps_per_epoch=steps_epoch,
         total_steps=steps_epoch * int(settings["n_epochs"]),
         fingerprint=fingerprint,
+        continuation=continuation,
     )
 
 

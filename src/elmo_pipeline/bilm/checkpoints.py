@@ -134,22 +134,45 @@ class CheckpointManager:
         return write_checkpoint(self.best_path, model, optimizer, meta)
 
     # -- resuming -----------------------------------------------------------------------------
-    def find_resumable(self, fingerprint: str) -> Path | None:
-        """Newest checkpoint with this fingerprint; a mismatch moves the directory aside."""
+    def find_resumable(
+        self,
+        fingerprint: str,
+        continuation: str | None = None,
+        settings: dict[str, Any] | None = None,
+        total_steps: int | None = None,
+    ) -> Path | None:
+        """Newest checkpoint this run can resume; otherwise the directory is moved aside.
+
+        The same ``fingerprint``: a killed run resumes. The same ``continuation`` (the
+        fingerprint without the run's length) and no more steps done than ``total_steps``:
+        a run with more epochs continues the shorter one. Anything else starts afresh,
+        with a warning that names the settings that changed."""
         checkpoints = self.complete()
         if not checkpoints:
             return None
         latest = checkpoints[-1]
-        stored = read_json(latest / "meta.json").get("fingerprint")
-        if stored == fingerprint:
+        meta = read_json(latest / "meta.json")
+        if meta.get("fingerprint") == fingerprint:
             return latest
+        old_settings = meta.get("settings") or {}
+        changed = changed_settings(old_settings, settings or {})
+        if continuation and meta.get("continuation") == continuation:
+            if total_steps is None or int(meta["step"]) <= total_steps:
+                log.info(
+                    "continuing the run of %s (step %d): only %s changed, so it trains on "
+                    "from there instead of starting afresh",
+                    latest,
+                    int(meta["step"]),
+                    changed or "the run's length",
+                )
+                return latest
+            changed = f"{changed}: the checkpoint has {meta['step']} steps, more than {total_steps}"
         aside = self.dir.with_name(f"{self.dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
         log.warning(
-            "checkpoint %s was made with other settings/vocabulary (fingerprint %s, now %s); "
-            "moving %s to %s and starting fresh (delete it when no longer needed)",
+            "checkpoint %s cannot be continued (%s); moving %s to %s and starting afresh "
+            "(delete it when no longer needed)",
             latest,
-            stored,
-            fingerprint,
+            changed or "the vocabulary, the data or the word2vec init changed",
             self.dir,
             aside,
         )
@@ -171,3 +194,20 @@ class CheckpointManager:
 def find_resumable(ckpt_dir: Path, fingerprint: str) -> Path | None:
     """``CheckpointManager(ckpt_dir).find_resumable(fingerprint)``."""
     return CheckpointManager(ckpt_dir).find_resumable(fingerprint)
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``bilm.key: old -> new`` for every setting that differs (nested sections flattened)."""
+
+    def flat(settings: dict[str, Any], prefix: str = "bilm.") -> dict[str, Any]:
+        items: dict[str, Any] = {}
+        for key, value in settings.items():
+            if isinstance(value, dict):
+                items.update(flat(value, f"{prefix}{key}."))
+            else:
+                items[f"{prefix}{key}"] = value
+        return items
+
+    before, after = flat(old), flat(new)
+    keys = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    return ", ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in keys)

@@ -137,7 +137,9 @@ class TrainingRun:
     def resume(self) -> None:
         self.checkpoints.remove_stale()
         self.checkpoints.report_old_runs()
-        path = self.checkpoints.find_resumable(self.plan.fingerprint)
+        path = self.checkpoints.find_resumable(
+            self.plan.fingerprint, self.plan.continuation, self.plan.settings, self.plan.total_steps
+        )
         if path is None:
             return
         meta = read_checkpoint(path, self.model, self.optimizer)
@@ -161,6 +163,7 @@ class TrainingRun:
             "epoch": self.plan.epoch_of(self.step) if self.step else 0,
             "run": self.run,
             "fingerprint": self.plan.fingerprint,
+            "continuation": self.plan.continuation,
             "settings": self.plan.settings,
             "data_state": self.data_state,
             "history": self.history.rows,
