@@ -154,8 +154,8 @@ class CheckpointManager:
         meta = read_json(latest / "meta.json")
         if meta.get("fingerprint") == fingerprint:
             return latest
-        old_settings = meta.get("settings") or {}
-        changed = changed_settings(old_settings, settings or {})
+        # without this run's settings (the module-level helper) nothing can be named
+        changed = changed_settings(meta.get("settings") or {}, settings) if settings else ""
         if continuation and meta.get("continuation") == continuation:
             if total_steps is None or int(meta["step"]) <= total_steps:
                 log.info(
