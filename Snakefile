@@ -9,6 +9,9 @@
 # among its inputs, so editing a stage's code reruns that stage and what
 # depends on it, and nothing upstream.
 
+import os
+import sys
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -17,6 +20,12 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+# Fine-tuning (bilm.init_from): the network comes from the starting model's options.json;
+# a config value that contradicts it stops here, naming both values.
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+from elmo_pipeline.bilm.options import resolve_init_from  # no Keras
+
+config["bilm"] = resolve_init_from(config.get("bilm", {}))
 validate(config, "config/schema.yaml")
 
 

@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 
 TRAIN_OPTIONS = "train_options.json"
 KERAS_WEIGHTS = "model.weights.h5"
-VOCAB_BATCH = 2048
 
 
 def check_exportable(options: dict[str, Any]) -> list[str]:
@@ -90,25 +89,6 @@ def check_exportable(options: dict[str, Any]) -> list[str]:
     return warnings
 
 
-def encode_vocabulary(encoder, vocab: list[str], batch_size: int = VOCAB_BATCH) -> np.ndarray:
-    """Token-encoder output for every vocabulary token, ``(n_vocab, projection_dim)`` float32."""
-    from keras import ops
-
-    from elmo_pipeline.bilm.chars import token_char_ids
-    from elmo_pipeline.bilm.layers import CharCNNEncoder
-    from elmo_pipeline.bilm.weights import variable_to_numpy
-
-    if not isinstance(encoder, CharCNNEncoder):
-        return variable_to_numpy(encoder.embedding)
-    max_chars = encoder.max_characters_per_token
-    rows = []
-    for start in range(0, len(vocab), batch_size):
-        chunk = vocab[start : start + batch_size]
-        ids = np.stack([token_char_ids(t, max_chars) for t in chunk])[:, None, :]
-        rows.append(ops.convert_to_numpy(ops.cast(encoder(ids), "float32"))[:, 0, :])
-    return np.concatenate(rows).astype(np.float32, copy=False)
-
-
 def dump_layers(
     encoder,
     lstm,
@@ -120,6 +100,7 @@ def dump_layers(
     """Write the four model files from in-memory layers; return a summary.
 
     ``text`` (see ``bilm/text.py``) is stored as the ``text`` key of options.json."""
+    from elmo_pipeline.bilm.token_vectors import encode_vocabulary
     from elmo_pipeline.bilm.weights import inference_options, save_bilm_tf_weights
     from elmo_pipeline.vocab import read_vocab
 

@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 #: Defaults of the ``bilm`` settings; config/schema.yaml holds the same (a test compares them).
 DEFAULTS: dict[str, Any] = {
     "backend": "tensorflow",
+    "init_from": None,
     "input": "token",
     "token_init": "word2vec",
     "share_embedding_softmax": False,
@@ -105,10 +106,19 @@ TRAINING_RULE_VERSION = 2
 
 
 def complete_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """Settings with defaults filled in and checked (clear errors naming the key)."""
-    from elmo_pipeline.bilm.options import LSTM_DEFAULTS, is_char_model, projection_problem
+    """Settings with defaults filled in and checked (clear errors naming the key).
 
-    full = {**DEFAULTS, **settings}
+    With ``init_from`` the network (``input``, ``lstm``, ``char_cnn``) is the starting
+    model's; a setting that contradicts it is an error naming both values.
+    """
+    from elmo_pipeline.bilm.options import (
+        LSTM_DEFAULTS,
+        is_char_model,
+        projection_problem,
+        resolve_init_from,
+    )
+
+    full = resolve_init_from({**DEFAULTS, **settings})
     if "lstm" not in full:
         raise ValueError("bilm settings need an 'lstm' section")
     full["lstm"] = {**LSTM_DEFAULTS, **full["lstm"]}
@@ -174,26 +184,28 @@ def settings_fingerprint(
     n_replicas: int,
     init_sha256: str | None = None,
     shard_sizes: Sequence[int] = (),
+    start_sha256: str | None = None,
 ) -> str:
     """Hash of everything a checkpoint depends on; resuming requires equality.
 
-    The word2vec init matrix and the shard sizes are part of it, so that a
-    rerun caused by new upstream data (say, more word2vec epochs) starts
-    afresh instead of resuming the finished run of the old data.
+    The word2vec init matrix, the shard sizes and the files of the starting model
+    (``init_from``) are part of it, so that a rerun caused by new upstream data (say,
+    more word2vec epochs) starts afresh instead of resuming the finished run of the old
+    data.
     """
     relevant = {k: v for k, v in settings.items() if k not in NOT_FINGERPRINTED}
-    blob = json.dumps(
-        {
-            "settings": relevant,
-            "vocab": vocab_sha256,
-            "n_train_tokens": n_train_tokens,
-            "n_replicas": n_replicas,
-            "init": init_sha256,
-            "shard_sizes": list(shard_sizes),
-            "training_rule": TRAINING_RULE_VERSION,
-        },
-        sort_keys=True,
-    )
+    identity = {
+        "settings": relevant,
+        "vocab": vocab_sha256,
+        "n_train_tokens": n_train_tokens,
+        "n_replicas": n_replicas,
+        "init": init_sha256,
+        "shard_sizes": list(shard_sizes),
+        "training_rule": TRAINING_RULE_VERSION,
+    }
+    if start_sha256 is not None:  # only then: fresh runs keep the fingerprints they had
+        identity["starting_model"] = start_sha256
+    blob = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
@@ -214,6 +226,7 @@ def make_train_options(
         options["char_cnn"] = {**settings["char_cnn"], "n_characters": 261}
     options.update(
         bidirectional=True,
+        init_from=settings.get("init_from"),
         input=settings["input"],
         token_init=settings["token_init"] if settings["input"] == "token" else None,
         share_embedding_softmax=bool(settings["share_embedding_softmax"]),
@@ -305,6 +318,14 @@ class TrainingPlan:
         )
 
 
+def starting_sha256(settings: dict[str, Any]) -> str | None:
+    if settings.get("init_from") is None:
+        return None
+    from elmo_pipeline.bilm.finetune import starting_model_sha256
+
+    return starting_model_sha256(settings["init_from"])
+
+
 def make_plan(
     settings: dict[str, Any],
     vocab_file: str | os.PathLike,
@@ -323,6 +344,7 @@ def make_plan(
         "n_replicas": n_replicas,
         "init_sha256": file_sha256(init_file) if init_file else None,
         "shard_sizes": [os.path.getsize(f) for f in shard_files],
+        "start_sha256": starting_sha256(settings),
     }
     fingerprint = settings_fingerprint(settings, **upstream)
     length_free = {k: v for k, v in settings.items() if k not in RUN_LENGTH}
@@ -371,11 +393,13 @@ def train(
     out_dir: str | os.PathLike,
     init_file: str | os.PathLike | None = None,
     threads: int | None = None,
+    counts_file: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) the biLM; return a summary (steps, final losses, perplexities).
 
     Keras must already be configured for the wanted backend (``main`` chooses it
-    with ``common.use_keras_backend`` before importing it).
+    with ``common.use_keras_backend`` before importing it).  ``counts_file`` (the
+    vocab stage's ``counts.tsv``) sets a fine-tune's starting softmax bias.
     """
     from elmo_pipeline.bilm.data import load_vocab
     from elmo_pipeline.bilm.devices import setup_backend
@@ -405,7 +429,16 @@ def train(
     for stale in out_dir.glob(".tmp-weights-*"):
         shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while writing
 
-    run = TrainingRun(plan, out_dir, vocab, shard_files, heldout_file, strategy, init_embedding)
+    start = None
+    if settings["init_from"] is not None:
+        from elmo_pipeline.bilm.finetune import read_token_counts
+        from elmo_pipeline.bilm.trainer import StartingPoint
+
+        counts = read_token_counts(counts_file) if counts_file else None
+        start = StartingPoint(Path(settings["init_from"]), counts)
+    run = TrainingRun(
+        plan, out_dir, vocab, shard_files, heldout_file, strategy, init_embedding, start
+    )
     run.resume()
     run.run_steps()
     return run.finish()
@@ -426,6 +459,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--heldout", required=True, help="corpus/heldout.txt")
     parser.add_argument(
         "--init", default=None, help="word2vec/init.hdf5 (token mode, word2vec init)"
+    )
+    parser.add_argument(
+        "--counts", default=None, help="vocab/counts.tsv (bilm.init_from: the softmax bias)"
     )
     parser.add_argument("--out-dir", required=True, help="output directory (results/bilm)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for TensorFlow")
@@ -450,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out_dir,
             init_file=args.init,
             threads=args.threads,
+            counts_file=args.counts,
         ),
         expected=(TrainingDivergedError,),
         logger=log,

@@ -42,6 +42,12 @@ def check_config(cfg):
                 f"bilm.char_cnn.filters add up to {n_filters} filters; they must exceed "
                 f"bilm.lstm.projection_dim ({lstm['projection_dim']})"
             )
+    start = cfg["bilm"]["init_from"]
+    if start is not None and os.path.abspath(start) == os.path.abspath("results/model"):
+        raise ConfigError(
+            "bilm.init_from is results/model, which this run overwrites: copy the model "
+            "first (cp -r results/model models/start) and start from the copy"
+        )
     w2v_dim = cfg["word2vec"]["vector_size"]
     if token_init_from_word2vec(cfg) and w2v_dim not in (None, lstm["projection_dim"]):
         raise ConfigError(
@@ -64,6 +70,17 @@ def check_config(cfg):
     for pattern in cfg["embed"]["inputs"]:
         if not glob.glob(os.path.expanduser(pattern)):
             raise ConfigError(f"embed.inputs: {pattern!r} matches no file")
+
+
+def starting_model_files(cfg=config):
+    """The files of bilm.init_from's model directory (a changed starting model reruns
+    training), or none."""
+    model_dir = cfg["bilm"]["init_from"]
+    if model_dir is None:
+        return []
+    names = ("options.json", "weights.hdf5", "lm_weights.hdf5", "vocab.txt", "vocab_embedding.hdf5")
+    found = [os.path.join(model_dir, n) for n in names if os.path.isfile(os.path.join(model_dir, n))]
+    return found
 
 
 def token_init_from_word2vec(cfg=config):

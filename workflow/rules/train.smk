@@ -4,10 +4,12 @@ rule train_bilm:
         unpack(
             lambda wc: {"init": rules.word2vec.output.init} if token_init_from_word2vec() else {}
         ),
+        start=starting_model_files(),
         shards=rules.segment.output.shards,
         heldout=rules.segment.output.heldout,
         vocab=rules.vocab.output.vocab,
         vocab_stats=rules.vocab.output.stats,
+        counts=rules.vocab.output.counts,
         code=sources("train"),
     output:
         weights="results/bilm/model.weights.h5",
@@ -29,4 +31,5 @@ rule train_bilm:
     shell:
         "python -m elmo_pipeline.train --settings {params.settings:q} --vocab {input.vocab} "
         "--vocab-stats {input.vocab_stats} --shards {input.shards} --heldout {input.heldout} "
-        "{params.init} --out-dir {params.out_dir} --threads {threads} --log {log}"
+        "{params.init} --counts {input.counts} --out-dir {params.out_dir} --threads {threads} "
+        "--log {log}"

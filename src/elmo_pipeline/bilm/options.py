@@ -5,6 +5,8 @@ Importable without Keras (the Snakefile's config check uses it too).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 #: ``lstm`` keys a training run fills in when absent (config/schema.yaml has the same).
@@ -86,3 +88,111 @@ DEMO_CHAR_OPTIONS: dict[str, Any] = {
         "max_characters_per_token": 50,
     },
 }
+
+
+# --------------------------------------------------------------------------------------------
+# Fine-tuning: the network of a starting model (``bilm.init_from``)
+
+#: Settings that describe the network; with ``bilm.init_from`` they come from its options.json.
+NETWORK_KEYS = ("input", "lstm", "char_cnn")
+#: The training form of ``char_cnn.n_characters`` (an inference options.json says 262).
+TRAINING_N_CHARACTERS = 261
+
+
+def starting_network(model_options: dict[str, Any]) -> dict[str, Any]:
+    """``input``, ``lstm`` and ``char_cnn`` (training form) of a model's ``options.json``.
+
+    Keys bilm-tf's loader reads with a default are made explicit with that default
+    (no skip connections, no clipping), so that no schema default can fill in a
+    different network.
+    """
+    lstm = dict(model_options.get("lstm") or {})
+    lstm.setdefault("n_layers", 1)
+    lstm.setdefault("use_skip_connections", False)
+    lstm.setdefault("cell_clip", None)
+    lstm.setdefault("proj_clip", None)
+    network: dict[str, Any] = {"input": "char" if is_char_model(model_options) else "token"}
+    network["lstm"] = lstm
+    if network["input"] == "char":
+        cnn = dict(model_options["char_cnn"])
+        cnn["n_characters"] = TRAINING_N_CHARACTERS
+        cnn.setdefault("n_highway", 0)
+        cnn.setdefault("activation", "relu")
+        cnn.setdefault("max_characters_per_token", 50)
+        network["char_cnn"] = cnn
+    return network
+
+
+def network_contradictions(
+    settings: dict[str, Any], network: dict[str, Any], prefix: str = "bilm."
+) -> list[str]:
+    """``bilm.lstm.dim is 256 in the config but 4096 in the model`` for each key the
+    settings give (not None) that differs from the starting model's ``network``."""
+    problems = []
+    for key, wanted in network.items():
+        given = settings.get(key)
+        if given is None:
+            continue
+        if isinstance(wanted, dict) and isinstance(given, dict):
+            if key == "char_cnn" and "n_characters" in given:
+                given = {**given, "n_characters": TRAINING_N_CHARACTERS}  # 261 and 262 agree
+            problems += network_contradictions(given, wanted, f"{prefix}{key}.")
+        elif given != wanted:
+            problems.append(f"{prefix}{key} is {given!r} in the config but {wanted!r} in the model")
+    return problems
+
+
+def settings_with_starting_network(
+    settings: dict[str, Any], model_options: dict[str, Any], where: str
+) -> dict[str, Any]:
+    """``settings`` with the network of the starting model (``where``: its options.json).
+
+    A config value that contradicts the model is an error naming both values: a
+    fine-tune cannot change the network's sizes (set ``bilm.input``, ``bilm.lstm``
+    and ``bilm.char_cnn`` to null to take them from the model, as
+    config/finetune.yaml does). ``char_cnn`` is only compared for a char-CNN model.
+    """
+    network = starting_network(model_options)
+    compared = dict(settings)
+    if network["input"] == "token":
+        compared.pop("char_cnn", None)  # unused by a token-input model
+    problems = network_contradictions(compared, network)
+    if problems:
+        raise ValueError(
+            f"bilm.init_from: the config contradicts the starting model {where}: "
+            + "; ".join(problems)
+            + ". The network comes from the model: set bilm.input, bilm.lstm and bilm.char_cnn "
+            "to null (config/finetune.yaml does) or to the model's values."
+        )
+    resolved = {**settings, **network}
+    if network["input"] == "token":
+        resolved.pop("char_cnn", None)
+    return resolved
+
+
+def resolve_init_from(settings: dict[str, Any]) -> dict[str, Any]:
+    """The ``bilm`` settings with the network of ``init_from``'s ``options.json`` (unchanged
+    without ``init_from``).  Reads only that JSON file: the Snakefile calls it before the
+    config is validated, the training stage again (weights are checked when loaded)."""
+    model_dir = settings.get("init_from")
+    if model_dir is None:
+        unset = [f"bilm.{key}" for key in NETWORK_KEYS if key in settings and settings[key] is None]
+        if unset:
+            raise ValueError(
+                f"{', '.join(unset)}: null means 'from the starting model', but bilm.init_from "
+                "is not set: give the model directory to fine-tune, or the network's settings"
+            )
+        return settings
+    path = Path(model_dir).expanduser() / "options.json"
+    if not path.is_file():
+        raise ValueError(
+            f"bilm.init_from: {path} does not exist (a model directory holds options.json and "
+            "weights.hdf5, e.g. results/model or a published ELMo)"
+        )
+    try:
+        options = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"bilm.init_from: {path} is not valid JSON ({err})") from None
+    if not isinstance(options, dict) or not isinstance(options.get("lstm"), dict):
+        raise ValueError(f"bilm.init_from: {path} has no 'lstm' section: not a biLM options.json")
+    return settings_with_starting_network(settings, options, str(path))

@@ -21,6 +21,24 @@ from elmo_pipeline.bilm.weights import Encoder, variable_to_numpy
 
 #: Distinct tokens per compiled char-CNN call (padded up to a power of two, at least 16).
 ENCODER_CHUNK = 1024
+#: Vocabulary tokens per char-CNN call in :func:`encode_vocabulary` (dump, fine-tuning).
+VOCAB_BATCH = 2048
+
+
+def encode_vocabulary(
+    encoder: Encoder, vocab: list[str], batch_size: int = VOCAB_BATCH
+) -> np.ndarray:
+    """Token-encoder output for every vocabulary token, ``(n_vocab, projection_dim)`` float32
+    (``vocab_embedding.hdf5``; a fine-tune's starting softmax)."""
+    if not isinstance(encoder, CharCNNEncoder):
+        return variable_to_numpy(encoder.embedding)
+    max_chars = encoder.max_characters_per_token
+    rows = []
+    for start in range(0, len(vocab), batch_size):
+        chunk = vocab[start : start + batch_size]
+        ids = np.stack([token_char_ids(t, max_chars) for t in chunk])[:, None, :]
+        rows.append(ops.convert_to_numpy(ops.cast(encoder(ids), "float32"))[:, 0, :])
+    return np.concatenate(rows).astype(np.float32, copy=False)
 
 
 def compile_char_encoder(encoder: CharCNNEncoder) -> Callable[[np.ndarray], np.ndarray]:

@@ -17,7 +17,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,14 @@ class Prefetcher:
         self.thread.join(timeout=5)
 
 
+@dataclass(frozen=True)
+class StartingPoint:
+    """A model directory a fine-tune starts from, and the corpus counts for its softmax."""
+
+    model_dir: Path
+    counts: Mapping[str, int] | None = None
+
+
 # --------------------------------------------------------------------------------------------
 # The run: model, optimizer and the step loop
 
@@ -96,6 +105,7 @@ class TrainingRun:
         heldout_file: str | os.PathLike,
         strategy,
         init_embedding: np.ndarray | None,
+        start: StartingPoint | None = None,
     ) -> None:
         from elmo_pipeline.bilm.data import BiLMBatcher
         from elmo_pipeline.bilm.model import build_training_model
@@ -104,6 +114,8 @@ class TrainingRun:
         self.plan = plan
         self.out_dir = out_dir
         self.strategy = strategy
+        self.start = start
+        self.vocab = vocab
         settings = plan.settings
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             self.model = build_training_model(
@@ -141,6 +153,8 @@ class TrainingRun:
             self.plan.fingerprint, self.plan.continuation, self.plan.settings, self.plan.total_steps
         )
         if path is None:
+            if self.start is not None:
+                self.begin_from_starting_model()
             return
         meta = read_checkpoint(path, self.model, self.optimizer)
         self.step, self.run = int(meta["step"]), int(meta["run"]) + 1
@@ -155,6 +169,35 @@ class TrainingRun:
             "resumed from %s at step %d of %d (run %d)", path, self.step, self.plan.total_steps,
             self.run,
         )  # fmt: skip
+
+    def begin_from_starting_model(self) -> None:
+        """Fine-tune: the starting model's weights, and its held-out perplexity on this corpus
+        as the "epoch 0" row of the history (the baseline the fine-tune has to beat)."""
+        from elmo_pipeline.bilm.finetune import start_from_model
+
+        assert self.start is not None
+        start_from_model(self.model, self.start.model_dir, self.vocab, self.start.counts)
+        ppl = self.evaluator.perplexity()
+        log.info(
+            "epoch 0 (the starting model %s): held-out perplexity %.2f (forward %.2f, "
+            "backward %.2f, %d tokens)",
+            self.start.model_dir,
+            ppl.combined,
+            ppl.forward,
+            ppl.backward,
+            ppl.n_pairs,
+        )
+        self.history.append(
+            {
+                "step": 0,
+                "epoch": 0,
+                "run": 0,
+                "elapsed_s": 0.0,
+                "heldout_ppl_fwd": ppl.forward,
+                "heldout_ppl_bwd": ppl.backward,
+                "heldout_ppl": ppl.combined,
+            }
+        )
 
     # -- checkpoints --------------------------------------------------------------------------
     def meta(self, **extra: Any) -> dict[str, Any]:
