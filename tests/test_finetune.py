@@ -15,8 +15,14 @@ import keras
 import numpy as np
 import pytest
 
+from elmo_pipeline.bilm.data import BiLMBatcher
 from elmo_pipeline.bilm.embedder import Embedder
-from elmo_pipeline.bilm.finetune import read_token_counts, start_from_model
+from elmo_pipeline.bilm.finetune import (
+    TopLayerStatistics,
+    lda_softmax,
+    read_token_counts,
+    start_from_model,
+)
 from elmo_pipeline.bilm.model import build_training_model
 from elmo_pipeline.bilm.weights import save_bilm_tf_weights, variable_to_numpy
 from elmo_pipeline.dump import dump_model
@@ -111,11 +117,19 @@ def training_model_for(settings: dict, vocab: list[str]):
     return build_training_model(options, len(vocab))
 
 
+def sample_batches(corpus: dict, model, n: int = 8) -> list:
+    batcher = BiLMBatcher(
+        corpus["shards"], corpus["vocab"], 8, 10, seed=3, char_mode=model.char_mode
+    )
+    return [batcher.next_batch() for _ in range(n)]
+
+
 def test_the_training_model_starts_as_exactly_the_bilm_tf_model(english, tmp_path):
     start = fixture_copy(tmp_path)
     model = training_model_for({**FINETUNE, "init_from": str(start)}, english["vocab"])
     counts = read_token_counts(english["root"] / "counts.tsv")
-    report = start_from_model(model, start, english["vocab"], counts)
+    batches = sample_batches(english, model)
+    report = start_from_model(model, start, english["vocab"], counts, batches)
     # its encoder and LSTMs written back out reproduce bilm-tf's own expected outputs
     out = tmp_path / "as_started"
     out.mkdir()
@@ -130,12 +144,34 @@ def test_the_training_model_starts_as_exactly_the_bilm_tf_model(english, tmp_pat
             with h5py.File(FIXTURE / f"lm_embeddings_{k}.hdf5", "r") as h5:
                 want = np.concatenate(list(h5[str(i)][...]), axis=-1)
             np.testing.assert_allclose(got[k, : len(batch[k])], want, atol=1e-5)
-    # the softmax is built for the new vocabulary: the model's token vectors, unigram bias
+    # the softmax is built for the new vocabulary and fitted to the model's outputs
     assert model.softmax_w.shape == (len(english["vocab"]), 16)
-    assert report["softmax_bias"] == "log unigram frequency"
-    bias = variable_to_numpy(model.softmax_b)
-    the = english["vocab"].index("the")
-    assert bias[the] == bias.max()  # the commonest word of the text
+    assert report["softmax_rows"] == "LDA fit" and report["softmax_fit_tokens"] == 8 * 2 * 80
+    assert np.isfinite(variable_to_numpy(model.softmax_w)).all()
+
+
+def test_the_lda_softmax_is_the_bayes_posterior_of_gaussian_outputs():
+    """Three predicted tokens whose outputs are Gaussians with one covariance: the fitted
+    softmax gives their true posterior (the statistics come from 60,000 samples)."""
+    rng = np.random.default_rng(0)
+    means = np.array([[2.0, 0.0], [0.0, 1.5], [-1.0, -1.0]])
+    cov = np.array([[1.0, 0.3], [0.3, 0.5]])
+    prior = np.array([0.5, 0.3, 0.2])
+    y = rng.choice(3, size=60_000, p=prior)
+    h = means[y] + rng.multivariate_normal([0, 0], cov, size=len(y))
+    sums = np.zeros((3, 2))
+    np.add.at(sums, y, h)
+    stats = TopLayerStatistics(sums, np.bincount(y, minlength=3), h.T @ h)
+    weights, bias = lda_softmax(stats, np.log(prior), shrinkage=0.0)
+    probe = rng.normal(size=(200, 2))
+    logits = probe @ weights.T + bias
+    got = np.exp(logits - logits.max(1, keepdims=True))
+    got /= got.sum(1, keepdims=True)
+    inv = np.linalg.inv(cov)
+    true = np.log(prior) + probe @ inv @ means.T - 0.5 * np.einsum("kp,pq,kq->k", means, inv, means)
+    want = np.exp(true - true.max(1, keepdims=True))
+    want /= want.sum(1, keepdims=True)
+    np.testing.assert_allclose(got, want, atol=0.02)
 
 
 def test_a_short_fine_tune_beats_its_epoch_0_row_and_dumps_a_loadable_model(english, tmp_path):
@@ -147,6 +183,7 @@ def test_a_short_fine_tune_beats_its_epoch_0_row_and_dumps_a_loadable_model(engl
     epoch0 = float(history[0]["heldout_ppl"])
     assert [int(r["step"]) for r in history[1:]] == list(range(1, summary["steps"] + 1))
     assert summary["heldout_ppl"] < epoch0, (summary["heldout_ppl"], epoch0)
+    print(f"fixture on WikiText-2: epoch 0 {epoch0:.1f}, epoch 1 {summary['heldout_ppl']:.1f}")
     options = json.loads((out / "train_options.json").read_text("utf-8"))
     assert options["lstm"]["dim"] == 64 and options["char_cnn"]["filters"][-1] == [5, 64]
     assert options["init_from"] == str(start)
@@ -180,6 +217,7 @@ def test_a_token_model_fine_tuned_on_other_text_keeps_the_shared_rows(test_data,
     token_model = {
         "input": "token",
         "lstm": {"dim": 32, "projection_dim": 16, "n_layers": 2},
+        "char_cnn": {},  # unused by a token model (FINETUNE's null needs init_from)
     }
     run_training(first, tmp_path / "bilm_a", **token_model)
     model_a = tmp_path / "model_a"
@@ -188,7 +226,7 @@ def test_a_token_model_fine_tuned_on_other_text_keeps_the_shared_rows(test_data,
     settings = {**FINETUNE, "init_from": str(model_a)}
     model = training_model_for(settings, second["vocab"])
     fresh = variable_to_numpy(model.token_encoder.embedding)
-    report = start_from_model(model, model_a, second["vocab"])
+    report = start_from_model(model, model_a, second["vocab"], None, sample_batches(second, model))
     started = variable_to_numpy(model.token_encoder.embedding)
     with h5py.File(model_a / "weights.hdf5") as h5:
         old = h5["embedding"][...]

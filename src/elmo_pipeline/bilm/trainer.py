@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,6 +116,7 @@ class TrainingRun:
         self.strategy = strategy
         self.start = start
         self.vocab = vocab
+        self.shard_files = shard_files
         settings = plan.settings
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             self.model = build_training_model(
@@ -176,7 +177,9 @@ class TrainingRun:
         from elmo_pipeline.bilm.finetune import start_from_model
 
         assert self.start is not None
-        start_from_model(self.model, self.start.model_dir, self.vocab, self.start.counts)
+        start_from_model(
+            self.model, self.start.model_dir, self.vocab, self.start.counts, self.fit_batches()
+        )
         ppl = self.evaluator.perplexity()
         log.info(
             "epoch 0 (the starting model %s): held-out perplexity %.2f (forward %.2f, "
@@ -198,6 +201,26 @@ class TrainingRun:
                 "heldout_ppl": ppl.combined,
             }
         )
+
+    def fit_batches(self) -> Iterator:
+        """Training batches for fitting a fine-tune's new softmax, from a stream of their own
+        (the training streams stay where a fresh run starts them)."""
+        from elmo_pipeline.bilm.data import BiLMBatcher
+        from elmo_pipeline.bilm.finetune import SOFTMAX_FIT_BATCHES, SOFTMAX_FIT_TOKENS
+
+        rows = self.plan.batch_size * self.plan.n_replicas
+        batcher = BiLMBatcher(
+            self.shard_files,
+            self.vocab,
+            rows,
+            self.plan.unroll_steps,
+            seed=int(self.plan.settings["seed"]) + 7919,
+            char_mode=self.model.char_mode,
+            max_chars=self.model.max_chars or 50,
+        )
+        per_batch = 2 * rows * self.plan.unroll_steps
+        n = min(SOFTMAX_FIT_BATCHES, self.plan.steps_per_epoch, -(-SOFTMAX_FIT_TOKENS // per_batch))
+        return (batcher.next_batch() for _ in range(n))
 
     # -- checkpoints --------------------------------------------------------------------------
     def meta(self, **extra: Any) -> dict[str, Any]:
