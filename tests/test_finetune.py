@@ -146,7 +146,10 @@ def test_the_training_model_starts_as_exactly_the_bilm_tf_model(english, tmp_pat
             np.testing.assert_allclose(got[k, : len(batch[k])], want, atol=1e-5)
     # the softmax is built for the new vocabulary and fitted to the model's outputs
     assert model.softmax_w.shape == (len(english["vocab"]), 16)
-    assert report["softmax_rows"] == "LDA fit" and report["softmax_fit_tokens"] == 8 * 2 * 80
+    assert report["softmax_rows"] == "LDA fit"
+    assert report["softmax_fit_tokens"] + report["softmax_check_tokens"] == 8 * 2 * 80
+    # the scale is chosen on positions the fit did not see: never worse than unigram there
+    assert report["check_perplexity"] <= report["check_perplexity_unigram"]
     assert np.isfinite(variable_to_numpy(model.softmax_w)).all()
 
 
