@@ -276,3 +276,28 @@ def test_missing_model_directory_is_one_clear_error(tmp_path):
     code, log = _export(tmp_path, "--model", str(tmp_path / "nope"), "--out", str(out))
     assert code == 1 and "does not exist" in log
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """The real snakemake on this repository's Snakefile, in ``workdir``, on the tiny corpus."""
+    repo = Path(__file__).resolve().parents[1]
+    sample = repo / "tests" / "data" / "workflow" / "toutiao_sample.txt"
+    config = {"corpus": {"paths": [str(sample)], "format": "fields", "delimiter": "_!_"}}
+    config["corpus"]["field"] = 3
+    (workdir / "config.yaml").write_text(json.dumps(config), encoding="utf-8")
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(repo / "Snakefile")]
+    cmd += ["--directory", str(workdir), "--configfile", str(workdir / "config.yaml"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_rule_exports_the_dumped_model_and_is_not_in_all(tmp_path):
+    planned = _snakemake(tmp_path, "-n", "--quiet", "rules")
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    assert "dump_weights" in planned.stdout and "export_hub" not in planned.stdout
+    _token_model(tmp_path / "results" / "model")
+    done = _snakemake(tmp_path, "--cores", "1", "--allowed-rules", "export_hub", "--", "export_hub")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "results" / "hub" / "saved_model.pb").is_file()
+    assert "exported" in (tmp_path / "logs" / "export_hub" / "export_hub.log").read_text("utf-8")
+    assert (tmp_path / "benchmarks" / "export_hub" / "export_hub.tsv").is_file()
