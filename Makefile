@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
+# The `hub` extra of pyproject.toml (tensorflow_hub, to load `export-hub` SavedModels) is
+# installed without its dependencies: tf-keras requires the `tensorflow` distribution,
+# which pip would install over tensorflow-cpu. tf-keras must match TensorFlow's minor.
+TF_MINOR := import tensorflow as tf; print(tf.__version__.rsplit(".", 1)[0])
 
 .PHONY: install demo test test-tensorflow test-jax lint format clean
 
@@ -14,6 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[jax,slurm,dev]"
+	$(BIN)/python -m pip install --quiet --no-deps "tensorflow-hub>=0.16.1,<0.17" \
+		"tf-keras~=$$(TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/python -c '$(TF_MINOR)').0"
 	touch $@
 
 demo: install

@@ -4,7 +4,8 @@
 #   snakemake --cores all --configfile my.yaml # your corpus
 #
 # Stages: segment -> vocab -> word2vec -> train_bilm -> dump_weights -> embed,
-# then evaluate and the figures of `snakemake --report report.html`.
+# then evaluate and the figures of `snakemake --report report.html`; on request
+# (not in `all`), export_hub: a TF-Hub-style SavedModel in results/hub.
 # Each rule runs one module of src/elmo_pipeline and lists its source files
 # among its inputs, so editing a stage's code reruns that stage and what
 # depends on it, and nothing upstream.
@@ -40,6 +41,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/dump.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/export_hub.smk"
 
 
 rule all:

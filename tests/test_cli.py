@@ -30,3 +30,8 @@ def test_every_stage_has_a_main() -> None:
         )
         assert result.returncode == 0, (stage, result.stderr[-2000:])
         assert "usage" in result.stdout.lower()
+
+
+def test_a_hyphenated_stage_runs_its_underscored_module() -> None:
+    assert cli.module_name("export-hub") == "elmo_pipeline.export_hub"
+    assert cli.module_name("embed") == "elmo_pipeline.embed"

@@ -2,8 +2,9 @@
 
 Each stage module has its own ``main(argv)``; this only dispatches, so
 ``elmo-pipeline embed --model results/model --input my.txt --output out.parquet``
-is the same as ``python -m elmo_pipeline.embed ...``. Modules are imported on
-demand: ``elmo-pipeline segment`` never imports Keras.
+is the same as ``python -m elmo_pipeline.embed ...``. A hyphen in a stage's name is an
+underscore in its module's (``export-hub`` runs ``elmo_pipeline.export_hub``). Modules are
+imported on demand: ``elmo-pipeline segment`` never imports Keras.
 """
 
 from __future__ import annotations
@@ -18,12 +19,19 @@ STAGES = {
     "train": "train the biLM (resumes from its checkpoints)",
     "dump": "write weights.hdf5, options.json and vocab_embedding.hdf5 (bilm-tf format)",
     "embed": "embed text with a model directory into Parquet",
+    "export-hub": "write a model directory as a TF-Hub-style SavedModel (google/elmo/3 signatures)",
 }
+
+
+def module_name(stage: str) -> str:
+    """The module a stage runs: ``elmo_pipeline.<stage>`` with hyphens as underscores."""
+    return f"elmo_pipeline.{stage.replace('-', '_')}"
 
 
 def usage() -> str:
     lines = ["usage: elmo-pipeline STAGE [options]   (elmo-pipeline STAGE --help)", "", "stages:"]
-    lines += [f"  {name:<9} {text}" for name, text in STAGES.items()]
+    width = max(len(name) for name in STAGES)
+    lines += [f"  {name:<{width}} {text}" for name, text in STAGES.items()]
     return "\n".join(lines)
 
 
@@ -36,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if stage not in STAGES:
         print(f"elmo-pipeline: unknown stage {stage!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"elmo_pipeline.{stage}")
+    module = importlib.import_module(module_name(stage))
     return int(module.main(rest) or 0)
 
 
