@@ -7,13 +7,13 @@ import csv
 import json
 import lzma
 import shutil
-from collections import Counter
 from pathlib import Path
 
 import h5py
 import keras
 import numpy as np
 import pytest
+from helpers import make_corpus
 
 from elmo_pipeline.bilm.data import BiLMBatcher
 from elmo_pipeline.bilm.embedder import Embedder
@@ -53,37 +53,15 @@ FINETUNE = {
 }
 
 
-def write_corpus(root: Path, lines: list[str], heldout: list[str]) -> dict:
-    """Shards, vocab.txt (min count 2), counts.tsv, stats.json and heldout.txt, as the
-    segment and vocab stages write them."""
-    root.mkdir(parents=True, exist_ok=True)
-    half = len(lines) // 2
-    shards = [root / "shard-00000.txt", root / "shard-00001.txt"]
-    shards[0].write_text("\n".join(lines[:half]) + "\n", encoding="utf-8")
-    shards[1].write_text("\n".join(lines[half:]) + "\n", encoding="utf-8")
-    counts = Counter(w for line in lines for w in line.split())
-    words = [w for w, n in sorted(counts.items(), key=lambda x: (-x[1], x[0])) if n >= 2]
-    vocab = ["<S>", "</S>", "<UNK>", *words]
-    (root / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    header = {"<S>": len(lines), "</S>": len(lines), "<UNK>": 0}
-    with open(root / "counts.tsv", "w", encoding="utf-8") as handle:
-        for token in vocab:
-            handle.write(f"{token}\t{header.get(token, counts[token])}\n")
-    (root / "stats.json").write_text(json.dumps({"n_train_tokens": sum(counts.values())}))
-    (root / "heldout.txt").write_text("\n".join(heldout) + "\n", encoding="utf-8")
-    return {"root": root, "vocab": vocab, "shards": shards}
-
-
 def run_training(corpus: dict, out: Path, **overrides) -> dict:
-    root = corpus["root"]
     return train(
         {**FINETUNE, **overrides},
-        root / "vocab.txt",
-        root / "stats.json",
-        corpus["shards"],
-        root / "heldout.txt",
+        corpus["vocab_file"],
+        corpus["vocab_stats_file"],
+        corpus["shard_files"],
+        corpus["root"] / "heldout.txt",
         out,
-        counts_file=root / "counts.tsv",
+        counts_file=corpus["counts_file"],
     )
 
 
@@ -98,7 +76,7 @@ def english(repo_root: Path, tmp_path_factory) -> dict:
     with lzma.open(repo_root / "resources/wikitext2/wiki.valid.tokens.xz", "rt") as handle:
         lines = [ln.strip() for ln in handle if ln.strip() and not ln.strip().startswith("=")]
     sentences = [" ".join(line.split()[:40]) for line in lines[:1300]]
-    return write_corpus(tmp_path_factory.mktemp("wikitext"), sentences[:1200], sentences[1200:])
+    return make_corpus(tmp_path_factory.mktemp("wikitext"), sentences[:1200], sentences[1200:])
 
 
 def fixture_copy(tmp_path: Path) -> Path:
@@ -119,7 +97,7 @@ def training_model_for(settings: dict, vocab: list[str]):
 
 def sample_batches(corpus: dict, model, n: int = 8) -> list:
     batcher = BiLMBatcher(
-        corpus["shards"], corpus["vocab"], 8, 10, seed=3, char_mode=model.char_mode
+        corpus["shard_files"], corpus["vocab"], 8, 10, seed=3, char_mode=model.char_mode
     )
     return [batcher.next_batch() for _ in range(n)]
 
@@ -215,8 +193,8 @@ def test_a_config_that_contradicts_the_starting_model_names_both_values(english,
 def test_a_token_model_fine_tuned_on_other_text_keeps_the_shared_rows(test_data, tmp_path):
     lines = (test_data / "train" / "pku_train.txt").read_text("utf-8").splitlines()
     heldout = (test_data / "train" / "pku_heldout.txt").read_text("utf-8").splitlines()
-    first = write_corpus(tmp_path / "a", lines[:150], heldout)
-    second = write_corpus(tmp_path / "b", lines[150:300], heldout)
+    first = make_corpus(tmp_path / "a", lines[:150], heldout)
+    second = make_corpus(tmp_path / "b", lines[150:300], heldout)
     token_model = {
         "input": "token",
         "lstm": {"dim": 32, "projection_dim": 16, "n_layers": 2},

@@ -18,6 +18,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from helpers import make_corpus
 
 from elmo_pipeline.bilm.checkpoints import find_resumable
 from elmo_pipeline.bilm.model import build_training_model
@@ -58,26 +59,6 @@ CHAR_CNN = {
     "max_characters_per_token": 20,
     "n_characters": 261,
 }
-
-
-def make_corpus(root: Path, lines: list[str]) -> dict:
-    """Two shards, vocab.txt (min count 2, by count) and stats.json, as the vocab stage makes."""
-    root.mkdir(parents=True, exist_ok=True)
-    half = len(lines) // 2
-    shards = [root / "shard-00000.txt", root / "shard-00001.txt"]
-    shards[0].write_text("\n".join(lines[:half]) + "\n", encoding="utf-8")
-    shards[1].write_text("\n".join(lines[half:]) + "\n", encoding="utf-8")
-    counts = Counter(w for line in lines for w in line.split())
-    words = [w for w, n in sorted(counts.items(), key=lambda x: (-x[1], x[0])) if n >= 2]
-    (root / "vocab.txt").write_text("\n".join(["<S>", "</S>", "<UNK>", *words]) + "\n", "utf-8")
-    (root / "stats.json").write_text(json.dumps({"n_train_tokens": sum(counts.values())}))
-    return {
-        "vocab_file": root / "vocab.txt",
-        "vocab_stats_file": root / "stats.json",
-        "shard_files": shards,
-        "counts": counts,
-        "vocab": ["<S>", "</S>", "<UNK>", *words],
-    }
 
 
 @pytest.fixture(scope="module")
