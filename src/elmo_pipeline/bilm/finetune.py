@@ -220,7 +220,7 @@ def init_softmax(
     (:func:`lda_softmax`; the prior from ``counts.tsv``, else from the sample), then scale
     it by the factor with the lowest cross-entropy on the sample's last batches, which the
     fit did not see (a Gaussian fit is overconfident: on People's Daily the demo model
-    scored 12,836 as fitted, 739 at a fifth of it, unigram 1,229)."""
+    scored 12,836 as fitted, 739 at a fifth of it, 1,229 with the prior alone)."""
     outputs = top_layer_outputs(model, batches)
     n_check = max(1, len(outputs) // 8) if len(outputs) > 1 else 0
     fit, check = outputs[: len(outputs) - n_check], outputs[len(outputs) - n_check :] or outputs
