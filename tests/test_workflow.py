@@ -64,7 +64,9 @@ def tiny_config(**bilm_overrides) -> dict:
     }
 
 
-def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, config: dict, *args: str, timeout: int = 900
+) -> subprocess.CompletedProcess:
     """Run the real snakemake on this repository's Snakefile in ``workdir``."""
     config_file = workdir / "config.yaml"
     config_file.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
@@ -80,7 +82,7 @@ def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedPr
         str(config_file),
         *args,
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
 def assert_embeddings_come_from_model(results: Path) -> None:
