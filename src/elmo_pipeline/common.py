@@ -11,6 +11,7 @@ import bz2
 import contextlib
 import glob
 import gzip
+import hashlib
 import json
 import logging
 import lzma
@@ -207,3 +208,12 @@ def read_token_lines(paths: Iterable[str | os.PathLike]) -> list[list[str]]:
                 if tokens:
                     sentences.append(tokens)
     return sentences
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks (files of any size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

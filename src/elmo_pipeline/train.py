@@ -56,6 +56,7 @@ import numpy as np
 from elmo_pipeline.bilm.monitoring import TrainingDivergedError
 from elmo_pipeline.common import (
     expand_inputs,
+    file_sha256,
     parse_settings,
     read_json,
     run_stage,
@@ -167,14 +168,6 @@ def steps_per_epoch(
 ) -> int:
     """``n_train_tokens // (batch_size * unroll_steps * n_replicas)``, at least 1."""
     return max(1, n_train_tokens // (batch_size * unroll_steps * n_replicas))
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def settings_fingerprint(

@@ -36,6 +36,7 @@ import numpy as np
 from elmo_pipeline.bilm.layers import TokenEncoder
 from elmo_pipeline.bilm.model_files import LoadedModel, ModelFiles, load_model
 from elmo_pipeline.bilm.weights import variable_to_numpy
+from elmo_pipeline.common import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,8 @@ def starting_model_sha256(model_dir: str | os.PathLike) -> str:
     """One hash over the starting model's files: part of the run's fingerprint, so that a
     changed starting model never resumes the checkpoints of the old one."""
     files = ModelFiles.from_dir(model_dir)
-    digest = hashlib.sha256()
-    for path in (files.options, files.weights, files.vocab, files.embedding):
-        if path is None:
-            continue
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    paths = [p for p in (files.options, files.weights, files.vocab, files.embedding) if p]
+    return hashlib.sha256("".join(file_sha256(p) for p in paths).encode()).hexdigest()
 
 
 def read_token_counts(path: str | os.PathLike) -> dict[str, int]:

@@ -181,15 +181,7 @@ class TrainingRun:
             self.model, self.start.model_dir, self.vocab, self.start.counts, self.fit_batches()
         )
         ppl = self.evaluator.perplexity()
-        log.info(
-            "epoch 0 (the starting model %s): held-out perplexity %.2f (forward %.2f, "
-            "backward %.2f, %d tokens)",
-            self.start.model_dir,
-            ppl.combined,
-            ppl.forward,
-            ppl.backward,
-            ppl.n_pairs,
-        )
+        log_heldout(f"epoch 0 (the starting model {self.start.model_dir})", ppl)
         self.history.append(
             {
                 "step": 0,
@@ -268,15 +260,7 @@ class TrainingRun:
         row.update(
             heldout_ppl_fwd=ppl.forward, heldout_ppl_bwd=ppl.backward, heldout_ppl=ppl.combined
         )
-        log.info(
-            "epoch %d (step %d): held-out perplexity %.2f (forward %.2f, backward %.2f, %d tokens)",
-            row["epoch"],
-            self.step,
-            ppl.combined,
-            ppl.forward,
-            ppl.backward,
-            ppl.n_pairs,
-        )
+        log_heldout(f"epoch {row['epoch']} (step {self.step})", ppl)
         previous_best = self.guard.best_ppl
         reason = self.guard.check_heldout(ppl.combined)
         if reason is not None:
@@ -381,6 +365,18 @@ class TrainingRun:
                 last["heldout_ppl"],
             )
         return {"which": "best", "step": best["step"], "heldout_ppl": best["heldout_ppl"]}
+
+
+def log_heldout(where: str, ppl) -> None:
+    """One log line per held-out evaluation, the same at epoch 0 and at every epoch end."""
+    log.info(
+        "%s: held-out perplexity %.2f (forward %.2f, backward %.2f, %d tokens)",
+        where,
+        ppl.combined,
+        ppl.forward,
+        ppl.backward,
+        ppl.n_pairs,
+    )
 
 
 def write_final_weights(model, path: Path) -> None:
