@@ -38,6 +38,13 @@ _ACTIVATIONS = {"relu": ops.relu, "tanh": ops.tanh}
 #: keras.ops.scan on TensorFlow requires the per-step outputs to have the carry's structure.
 _SCAN_YS_LIKE_CARRY = keras.backend.backend() != "jax"
 
+#: TensorFlow runs a scan as a ``tf.while_loop`` whose carry and outputs go through
+#: TensorArrays, forward and backward; for a known, short length a Python loop builds the
+#: unrolled graph bilm-tf's ``static_rnn`` builds, 1.16x faster per demo training step
+#: (benchmarks/README.md, "Training speed against bilm-tf"). XLA's scan (JAX) is not
+#: helped: unrolled there, the same step took twice as long.
+_UNROLL_STATIC_STEPS = 64 if keras.backend.backend() == "tensorflow" else 0
+
 
 def _f32(x):
     return ops.cast(x, "float32")
@@ -360,6 +367,20 @@ class BiLSTMStack(keras.layers.Layer):
     def _clip(self, x, limit):
         return x if limit is None else ops.clip(x, -limit, limit)
 
+    def _input_gates(self, x, w_x, bias):
+        """The input's share of every step's gates at once, time-major ``[T, 2, B, 4*dim]``.
+
+        One ``[2, B*T, D] x [2, D, 4*dim]`` product with the bias added before the transpose:
+        a product broadcast over time (``[T, 2, B, D] x [2, D, 4*dim]``) and a bias added
+        after it make the gradients sum over non-adjacent axes, which cost TensorFlow a
+        sixth of the demo's training step (benchmarks/README.md).
+        """
+        shape = ops.shape(x)  # [2, B, T, D]
+        flat = ops.reshape(ops.cast(x, self.compute_dtype), (2, -1, shape[3]))
+        gates = _f32(ops.matmul(flat, w_x)) + bias[:, None, :]
+        gates = ops.reshape(gates, (2, shape[1], shape[2], 4 * self.dim))
+        return ops.transpose(gates, (2, 0, 1, 3))
+
     def _run_layer(self, layer: int, x, state, lengths):
         """One fused layer over all steps: x ``[2,B,T,D]`` -> (``[2,B,T,P]``, (c, h))."""
         cdt = self.compute_dtype
@@ -368,9 +389,7 @@ class BiLSTMStack(keras.layers.Layer):
         w_x, w_h = kernel[:, :d, :], kernel[:, d:, :]
         projection = ops.cast(self.projections[layer], cdt)
         bias = _f32(self.biases[layer])
-        # Hoisted input product for every step at once, time-major: [T, 2, B, 4*dim].
-        x_tm = ops.transpose(ops.cast(x, cdt), (2, 0, 1, 3))
-        gates_x = _f32(ops.matmul(x_tm, w_x)) + bias[:, None, :]
+        gates_x = self._input_gates(x, w_x, bias)  # [T, 2, B, 4*dim]
         c0, h0 = state
 
         def step(carry, g_x):
@@ -389,10 +408,20 @@ class BiLSTMStack(keras.layers.Layer):
             # Keras' TensorFlow scan needs ys shaped exactly like the carry; JAX takes h alone.
             return new_carry, (new_carry if _SCAN_YS_LIKE_CARRY else h)
 
-        # A single scanned tensor: Keras' TF scan fails on several xs with an unknown length.
         start = (_f32(h0), _f32(c0), ops.convert_to_tensor(0, "int32"))
-        (h_t, c_t, _), ys = ops.scan(step, start, gates_x)
-        h_seq = ys[0] if _SCAN_YS_LIKE_CARRY else ys  # [T, 2, B, P]
+        n_steps = gates_x.shape[0]
+        if isinstance(n_steps, int) and 0 < n_steps <= _UNROLL_STATIC_STEPS:
+            # Unstack, not gates_x[t]: the gradient of T slices would build T full-size zeros.
+            carry, outputs = start, []
+            for g_x in ops.unstack(gates_x, axis=0):
+                carry, _ = step(carry, g_x)
+                outputs.append(carry[0])
+            h_t, c_t, _ = carry
+            h_seq = ops.stack(outputs, axis=0)
+        else:
+            # A single scanned tensor: Keras' TF scan fails on several xs with an unknown length.
+            (h_t, c_t, _), ys = ops.scan(step, start, gates_x)
+            h_seq = ys[0] if _SCAN_YS_LIKE_CARRY else ys  # [T, 2, B, P]
         if lengths is not None:
             steps = ops.shape(h_seq)[0]
             real = ops.arange(steps, dtype="int32")[:, None] < lengths[None, :]
