@@ -242,6 +242,34 @@ def test_bilstm_without_lengths_or_state_runs_all_steps_from_zero():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(final[1][1]), want_final[1][1], atol=2e-5)
 
 
+@pytest.mark.parametrize("steps", [3, 70])
+def test_bilstm_unrolled_and_scanned_lengths_both_match_numpy(steps):
+    """TensorFlow unrolls a known length up to 64 steps and scans a longer one (layers.py):
+    both loop forms, with lengths and carried state, give the reference's outputs."""
+    from elmo_pipeline.bilm import layers
+
+    assert (steps <= layers._UNROLL_STATIC_STEPS) == (
+        keras.backend.backend() == "tensorflow" and steps == 3
+    )
+    rng = np.random.default_rng(7)
+    lstm, weights = _random_lstm(rng, 2, 5, 3, True, 3.0, 3.0, scale=0.4)
+    x = rng.normal(size=(2, 2, steps, 3)).astype(np.float32)
+    lengths = np.array([steps, steps - 2], np.int32)
+    state = [(np.full((2, 2, 5), 0.1, np.float32), np.full((2, 2, 3), -0.2, np.float32))] * 2
+    outputs, final = lstm(x, initial_state=state, lengths=lengths)
+    want, want_final = numpy_bilstm(x, weights, state, lengths, 3.0, 3.0, True)
+    for layer in range(2):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(outputs[layer]), want[layer], atol=2e-5
+        )
+        for part in range(2):
+            np.testing.assert_allclose(
+                keras.ops.convert_to_numpy(final[layer][part]),
+                want_final[layer][part],
+                atol=2e-5,
+            )
+
+
 def test_bilstm_forget_bias_is_added_at_run_time():
     """With all weights zero, c = sigmoid(0 + 1) * c_prev exactly (the +1 is not stored)."""
     lstm = BiLSTMStack(2, 4, 2, None, None, False)
