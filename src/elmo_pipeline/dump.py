@@ -102,7 +102,7 @@ def dump_layers(
     ``text`` (see ``bilm/text.py``) is stored as the ``text`` key of options.json."""
     from elmo_pipeline.bilm.token_vectors import encode_vocabulary
     from elmo_pipeline.bilm.weights import inference_options, save_bilm_tf_weights
-    from elmo_pipeline.vocab import read_vocab
+    from elmo_pipeline.text.vocabulary import read_vocab
 
     for warning in check_exportable(train_options):
         log.warning("WARNING: %s", warning)
@@ -173,7 +173,7 @@ def dump_model(
     text: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Export ``bilm_dir`` (train_options.json + model.weights.h5) to a bilm-tf model dir."""
-    from elmo_pipeline.vocab import read_vocab
+    from elmo_pipeline.text.vocabulary import read_vocab
 
     n_vocab = len(read_vocab(vocab_file))
     encoder, lstm, train_options = load_trained_layers(bilm_dir, n_vocab)

@@ -14,7 +14,7 @@ Outputs, each written atomically (temporary name, renamed when complete):
     word2vec text format (``save_word2vec_format(binary=False)``): all words gensim kept.
 ``init.hdf5``
     dataset ``embedding``, float32, shape ``(len(vocab), vector_size)``; row i belongs to
-    line i of ``vocab.txt`` (read with :func:`elmo_pipeline.vocab.read_vocab`). Rows:
+    line i of ``vocab.txt`` (read with :func:`elmo_pipeline.text.vocabulary.read_vocab`). Rows:
 
     * an ordinary vocabulary token that gensim kept: its word2vec vector, unchanged;
     * ``<UNK>``: the mean word2vec vector of the tokens the biLM maps to ``<UNK>`` (words
@@ -63,7 +63,9 @@ from elmo_pipeline.common import (
     setup_logging,
     write_json,
 )
-from elmo_pipeline.vocab import SPECIAL_TOKENS, UNK, iter_shard_lines, read_vocab
+from elmo_pipeline.text.tokens import SPECIAL_TOKENS, UNK
+from elmo_pipeline.text.vocabulary import read_vocab
+from elmo_pipeline.vocab import iter_shard_lines
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from elmo_pipeline.text.tokens import BOS, EOS
+
 BOS_CHAR = 256
 EOS_CHAR = 257
 BOW_CHAR = 258
@@ -22,18 +24,15 @@ EOW_CHAR = 259
 PAD_CHAR = 260
 N_TRAIN_CHARACTERS = 261
 
-BOS_TOKEN = "<S>"
-EOS_TOKEN = "</S>"
-
 
 @lru_cache(maxsize=262_144)
 def _cached_token_char_ids(token: str, max_chars: int) -> np.ndarray:
     if max_chars < 3:
         raise ValueError(f"max_characters_per_token must be >= 3, got {max_chars}")
     ids = np.full(max_chars, PAD_CHAR, dtype=np.int32)
-    if token == BOS_TOKEN:
+    if token == BOS:
         body = [BOS_CHAR]
-    elif token == EOS_TOKEN:
+    elif token == EOS:
         body = [EOS_CHAR]
     else:
         # bilm-tf cuts at the byte level, so a multi-byte character may be split.
@@ -69,7 +68,7 @@ def sentences_char_ids(
     t_max = int(lengths.max()) if len(sentences) else 0
     ids = np.full((len(sentences), t_max, max_chars), PAD_CHAR, dtype=np.int32)
     for row, sentence in enumerate(sentences):
-        tokens = [BOS_TOKEN, *sentence, EOS_TOKEN] if add_markers else sentence
+        tokens = [BOS, *sentence, EOS] if add_markers else sentence
         if tokens:
             ids[row, : len(tokens)] = [token_char_ids(t, max_chars) for t in tokens]
     return ids, lengths

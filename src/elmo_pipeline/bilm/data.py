@@ -28,10 +28,9 @@ from typing import Any
 import numpy as np
 
 from elmo_pipeline.bilm.chars import token_char_ids
-from elmo_pipeline.vocab import read_vocab, vocab_index
+from elmo_pipeline.text.tokens import BOS, EOS, UNK, UNK_ID
+from elmo_pipeline.text.vocabulary import read_vocab, vocab_index
 
-BOS, EOS, UNK = "<S>", "</S>", "<UNK>"
-BOS_ID, EOS_ID, UNK_ID = 0, 1, 2
 DIRECTIONS = ("forward", "backward")
 
 

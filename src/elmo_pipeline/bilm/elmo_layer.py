@@ -91,7 +91,7 @@ class ElmoLayer(keras.layers.Layer):
         """Build from a bilm-tf model directory and load its ``weights.hdf5``
         (token mode: ``vocab.txt`` sizes the embedding, ``vocab_embedding.hdf5`` supplies it
         when the weights lack it)."""
-        from elmo_pipeline.vocab import read_vocab
+        from elmo_pipeline.text.vocabulary import read_vocab
 
         model_dir = Path(model_dir)
         options_file = model_dir / "options.json"

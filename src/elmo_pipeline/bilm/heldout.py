@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from elmo_pipeline.text.tokens import EOS, UNK
+
 #: Largest full-softmax logits block (floats) one held-out window may create.
 EVAL_LOGITS_BUDGET = 32_000_000
 #: Longest window the stream is cut into (longer ones only add compile time).
@@ -136,19 +138,19 @@ def unigram_perplexity(
     backward the same with ``<S>``, so one figure serves both directions).
     """
     index = {word: i for i, word in enumerate(vocab)}
-    unk = index["<UNK>"]
+    unk = index[UNK]
     counts = np.zeros(len(vocab), dtype=np.float64)
     for shard in shard_files:
         with open(shard, encoding="utf-8") as handle:
             for line in handle:
                 ids = [index.get(word, unk) for word in line.split()]
                 np.add.at(counts, ids, 1)
-                counts[index["</S>"]] += 1
+                counts[index[EOS]] += 1
     log_probs = np.log((counts + 1) / (counts.sum() + len(vocab)))
     nll, n = 0.0, 0
     with open(heldout_file, encoding="utf-8") as handle:
         for line in handle:
-            ids = [index.get(word, unk) for word in line.split()] + [index["</S>"]]
+            ids = [index.get(word, unk) for word in line.split()] + [index[EOS]]
             nll -= float(log_probs[ids].sum())
             n += len(ids)
     if n == 0:

@@ -36,15 +36,14 @@ from keras import ops
 
 from elmo_pipeline.bilm.chars import (
     BOS_CHAR,
-    BOS_TOKEN,
     BOW_CHAR,
     EOS_CHAR,
-    EOS_TOKEN,
     EOW_CHAR,
     PAD_CHAR,
 )
 from elmo_pipeline.bilm.forward import bilm_layers
 from elmo_pipeline.bilm.layers import CharCNNEncoder
+from elmo_pipeline.text.tokens import BOS, EOS, UNK
 
 #: A run of the characters Python's ``str.isspace()`` accepts (what ``str.split()`` cuts
 #: at): ASCII tab to carriage return, the four separators U+001C-U+001F, U+0085 and every
@@ -73,8 +72,8 @@ def add_markers(tokens: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
     position = tf.range(tf.shape(shifted)[1])[None, :]
     n = lengths[:, None]
     marked = tf.where(position <= n, shifted, "")
-    marked = tf.where(position == n + 1, EOS_TOKEN, marked)
-    return tf.where(position == 0, BOS_TOKEN, marked)
+    marked = tf.where(position == n + 1, EOS, marked)
+    return tf.where(position == 0, BOS, marked)
 
 
 def char_ids(tokens: tf.Tensor, max_chars: int) -> tf.Tensor:
@@ -83,7 +82,7 @@ def char_ids(tokens: tf.Tensor, max_chars: int) -> tf.Tensor:
     body = max_chars - 2
     raw = tf.cast(tf.io.decode_raw(tokens, tf.uint8, fixed_length=body), tf.int32)
     n = tf.minimum(tf.strings.length(tokens, unit="BYTE"), body)
-    is_bos, is_eos = tokens == BOS_TOKEN, tokens == EOS_TOKEN
+    is_bos, is_eos = tokens == BOS, tokens == EOS
     boundary = (is_bos | is_eos)[..., None]
     marker = tf.where(is_bos, BOS_CHAR, EOS_CHAR)[..., None]
     first = tf.range(body) == 0
@@ -104,7 +103,7 @@ def vocab_table(vocab: list[str]) -> tf.lookup.StaticHashTable:
     keys = tf.constant(list(index), tf.string)
     values = tf.constant(list(index.values()), tf.int32)
     initializer = tf.lookup.KeyValueTensorInitializer(keys, values)
-    return tf.lookup.StaticHashTable(initializer, default_value=index["<UNK>"])
+    return tf.lookup.StaticHashTable(initializer, default_value=index[UNK])
 
 
 def check_lengths(tokens: tf.Tensor, lengths: tf.Tensor) -> list[tf.Operation]:

@@ -46,6 +46,7 @@ from elmo_pipeline.bilm.replicas import (
 )
 from elmo_pipeline.bilm.softmax import LogUniformSampler, full_softmax_nll, sampled_softmax_nll
 from elmo_pipeline.bilm.weights import options_to_layers
+from elmo_pipeline.text.tokens import BOS
 
 
 def global_batch_size(options: dict[str, Any]) -> int:
@@ -165,7 +166,7 @@ class BiLM(keras.Model):
             return np.zeros(shape, dtype=np.int32)
         from elmo_pipeline.bilm.chars import token_char_ids
 
-        return np.broadcast_to(token_char_ids("<S>", self.max_chars), shape).astype(np.int32)
+        return np.broadcast_to(token_char_ids(BOS, self.max_chars), shape).astype(np.int32)
 
     def build_all(self) -> None:
         """Create every variable (one call on a dummy batch), then zero the carried state."""

@@ -26,10 +26,10 @@ from elmo_pipeline.bilm.weights import (
     load_bilm_tf_weights,
     options_to_layers,
 )
+from elmo_pipeline.text.tokens import SPECIAL_TOKENS
 
 #: Names a weights file may have in a model directory (ours, then bilm-tf's test fixture's).
 WEIGHT_FILE_NAMES = ("weights.hdf5", "lm_weights.hdf5")
-SPECIAL_TOKENS = ("<S>", "</S>", "<UNK>")
 
 
 class ModelFileError(ValueError):
@@ -100,7 +100,7 @@ def read_options(path: str | os.PathLike) -> dict[str, Any]:
 def read_model_vocab(path: str | os.PathLike, char_mode: bool) -> list[str]:
     """``vocab.txt``: a softmax vocabulary (``<S> </S> <UNK>`` first) in token mode; in char
     mode any token list (e.g. bilm-tf's ``vocab_test.txt``) is accepted."""
-    from elmo_pipeline.vocab import read_vocab
+    from elmo_pipeline.text.vocabulary import read_vocab
 
     try:
         return read_vocab(path, require_header=not char_mode)

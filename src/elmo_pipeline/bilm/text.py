@@ -29,19 +29,19 @@ import numpy as np
 
 from elmo_pipeline.bilm.chars import PAD_CHAR, token_char_ids
 from elmo_pipeline.common import read_json
+from elmo_pipeline.text.tokens import BOS, EOS, SPECIAL_TOKENS, UNK
 
 #: The options.json key holding the text settings.
 TEXT_KEY = "text"
 #: Segment settings that change how a string becomes tokens (the rest are corpus-level).
 TOKEN_SETTINGS = ("normalize", "lowercase", "hmm", "user_dict")
-SPECIAL_TOKENS = ("<S>", "</S>", "<UNK>")
 
 Tokenizer = Callable[[str], list[str]]
 
 
 def text_settings(corpus: dict[str, Any], segment: dict[str, Any] | None) -> dict[str, Any]:
     """The ``text`` entry to store in options.json, from the config's corpus/segment sections."""
-    from elmo_pipeline.segment import segment_settings
+    from elmo_pipeline.text.settings import segment_settings
 
     resolved = segment_settings(segment or {})
     settings = {"language": corpus.get("language", "zh")}
@@ -58,7 +58,7 @@ def make_string_tokenizer(settings: dict[str, Any] | None) -> Tokenizer:
 
 @functools.lru_cache(maxsize=8)
 def _cached_tokenizer(settings_json: str) -> Tokenizer:
-    from elmo_pipeline.segment import make_tokenizer, normalize_text
+    from elmo_pipeline.text import make_tokenizer, normalize_text
 
     settings = json.loads(settings_json)
     language = settings.get("language", "pretokenized")
@@ -127,7 +127,7 @@ class ElmoInputs:
     @classmethod
     def from_dir(cls, model_dir: str | os.PathLike) -> ElmoInputs:
         """Read ``options.json`` (and ``vocab.txt`` in token mode) of a model directory."""
-        from elmo_pipeline.vocab import read_vocab
+        from elmo_pipeline.text.vocabulary import read_vocab
 
         model_dir = Path(model_dir)
         options_file = model_dir / "options.json"
@@ -154,13 +154,13 @@ class ElmoInputs:
         if self.char_mode:
             ids = np.full((rows, width, self.max_chars), PAD_CHAR, np.int32)
             for r, sentence in enumerate(token_lists):
-                tokens = ["<S>", *sentence, "</S>"]
+                tokens = [BOS, *sentence, EOS]
                 ids[r, : len(tokens)] = [token_char_ids(t, self.max_chars) for t in tokens]
         else:
             assert self.index is not None
-            unk = self.index["<UNK>"]
+            unk = self.index[UNK]
             ids = np.zeros((rows, width), np.int32)
             for r, sentence in enumerate(token_lists):
-                tokens = ["<S>", *sentence, "</S>"]
+                tokens = [BOS, *sentence, EOS]
                 ids[r, : len(tokens)] = [self.index.get(t, unk) for t in tokens]
         return {"ids": ids, "lengths": lengths}

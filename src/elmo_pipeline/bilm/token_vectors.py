@@ -18,6 +18,7 @@ from elmo_pipeline.bilm.chars import PAD_CHAR, token_char_ids
 from elmo_pipeline.bilm.forward import bucket_rows
 from elmo_pipeline.bilm.layers import CharCNNEncoder
 from elmo_pipeline.bilm.weights import Encoder, variable_to_numpy
+from elmo_pipeline.text.tokens import BOS, EOS, UNK
 
 #: Distinct tokens per compiled char-CNN call (padded up to a power of two, at least 16).
 ENCODER_CHUNK = 1024
@@ -81,7 +82,7 @@ class TokenVectors:
     def of_tokens(self, tokens: list[str]) -> np.ndarray:
         """Vectors ``[len(tokens), P]`` of the given tokens."""
         if self._embedding is not None:
-            unk = self._ids["<UNK>"]
+            unk = self._ids[UNK]
             return self._embedding[np.array([self._ids.get(t, unk) for t in tokens], np.int64)]
         return self._cached_char_vectors(tokens)
 
@@ -94,7 +95,7 @@ class TokenVectors:
         local: dict[str, int] = {}
         index = np.zeros((rows, steps), np.int64)
         for r, sentence in enumerate(sentences):
-            tokens = ["<S>", *sentence, "</S>"]
+            tokens = [BOS, *sentence, EOS]
             index[r, : len(tokens)] = [local.setdefault(t, len(local)) for t in tokens]
         return self.of_tokens(list(local))[index]
 

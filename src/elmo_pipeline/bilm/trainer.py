@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -35,10 +35,8 @@ from elmo_pipeline.bilm.monitoring import (
     TrainingDivergedError,
     TrainingHistory,
 )
+from elmo_pipeline.bilm.plan import TrainingPlan
 from elmo_pipeline.common import write_json
-
-if TYPE_CHECKING:
-    from elmo_pipeline.train import TrainingPlan
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from elmo_pipeline.text.tokens import UNK
+
 EmbedFn = Callable[[list[list[str]]], Mapping[str, np.ndarray]]
 
 #: Outputs with one vector per token; ``default`` has one vector per sentence.
@@ -160,8 +162,8 @@ class WindowEmbedder:
 
     def _probe_dims(self) -> None:
         """Only when the input starts with a window of empty sentences: learn the vector sizes."""
-        out = self.embed_fn([["<UNK>"]])
-        _check_batch_output(out, [["<UNK>"]], self.outputs)
+        out = self.embed_fn([[UNK]])
+        _check_batch_output(out, [[UNK]], self.outputs)
         self._learn_dims(out)
 
     def embed_window(self, window: list[list[str]], first_id: int) -> pa.RecordBatch:

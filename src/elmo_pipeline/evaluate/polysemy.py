@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 
 from elmo_pipeline.common import read_token_lines
+from elmo_pipeline.text.tokens import SPECIAL_TOKENS
 
 log = logging.getLogger("elmo_pipeline.evaluate")
 
 
 def is_word(token: str) -> bool:
     """A token with a letter or CJK character (not a number, punctuation or a marker)."""
-    return token not in ("<S>", "</S>", "<UNK>") and any(ch.isalpha() for ch in token)
+    return token not in SPECIAL_TOKENS and any(ch.isalpha() for ch in token)
 
 
 def occurrence_vectors(

@@ -36,6 +36,7 @@ import numpy as np
 
 from elmo_pipeline.common import open_binary
 from elmo_pipeline.evaluate.intervals import accuracy_with_interval, paired_difference
+from elmo_pipeline.text.tokens import UNK
 
 log = logging.getLogger("elmo_pipeline.evaluate")
 
@@ -81,7 +82,7 @@ def parse_tagged_line(line: str, problems: Counter[str]) -> tuple[list[str], lis
 def read_tagged(path: str | os.PathLike) -> tuple[TaggedText, dict[str, int]]:
     """The gold file's sentences: each line split after sentence-final punctuation (PKU
     lines are paragraphs); empty lines and malformed items are counted."""
-    from elmo_pipeline.segment.text import split_token_sentences
+    from elmo_pipeline.text.normalize import split_token_sentences
 
     text = TaggedText([], [])
     problems: Counter[str] = Counter()
@@ -120,14 +121,14 @@ def split_probe(
 def as_model_token(token: str, text_settings: dict[str, Any] | None) -> str:
     """A gold token spelled as the model's corpus spells words (NFKC, lower case), without
     re-segmenting it: full-width ``１`` in the gold text is ``1`` in the vocabulary."""
-    from elmo_pipeline.segment.text import normalize_text
+    from elmo_pipeline.text.normalize import normalize_text
 
     settings = text_settings or {}
     if settings.get("normalize"):
         token = normalize_text(token)
     if settings.get("lowercase"):
         token = token.lower()
-    return "".join(token.split()) or "<UNK>"
+    return "".join(token.split()) or UNK
 
 
 def static_features(vectors, sentences: list[list[str]]) -> dict[str, np.ndarray]:

@@ -79,7 +79,7 @@ def run_evaluation(
     """Write perplexity.json, classification.json, pos.json, polysemy.json and polysemy.png."""
     from elmo_pipeline.bilm.embedder import Embedder
     from elmo_pipeline.plots import plot_polysemy
-    from elmo_pipeline.vocab import read_vocab
+    from elmo_pipeline.text.vocabulary import read_vocab
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

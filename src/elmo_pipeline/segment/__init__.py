@@ -41,7 +41,7 @@ order, no shuffling or shards): the embed stage segments its inputs exactly
 like the training corpus.
 
 The Chinese tokenizer gives exactly jieba's tokens (``Tokenizer.lcut``, minus
-whitespace) but faster: see :class:`~elmo_pipeline.segment.jieba_tokenizer.JiebaBlockTokenizer`.
+whitespace) but faster: see :class:`~elmo_pipeline.text.jieba_tokenizer.JiebaBlockTokenizer`.
 
 Work is spread over ``threads`` worker processes in chunks of lines; results
 are consumed in input order and the shard/held-out assignment is drawn in the
@@ -51,31 +51,32 @@ held on disk / in memory, so a corpus larger than memory works. The stage can
 also run as N jobs and a gather (:mod:`elmo_pipeline.segment.parts`), with the
 same outputs.
 
-Modules: ``settings`` (config sections, counters), ``text`` (normalisation,
-sentence splitting), ``tokenizers`` and ``jieba_tokenizer``, ``reading``
+Modules: ``stats`` (the counters of stats.json), ``reading``
 (files, encodings, line ends), ``workers`` (per-line work, worker processes),
 ``shards`` (shard writing), ``stage`` and ``parts`` (the stage, whole or
-sharded), ``command`` (``main``).
+sharded), ``command`` (``main``). The config sections, normalisation, sentence splitting and the
+tokenizers are the bottom layer's (:mod:`elmo_pipeline.text`), shared with the network;
+they are re-exported here.
 """
 
 from elmo_pipeline.segment.command import main
 from elmo_pipeline.segment.parts import gather_parts, segment_part
 from elmo_pipeline.segment.reading import CHUNK_CHARS, CHUNK_LINES, CorpusError
-from elmo_pipeline.segment.settings import (
+from elmo_pipeline.segment.shards import SHARD_NAME
+from elmo_pipeline.segment.stage import segment_corpus
+from elmo_pipeline.segment.stats import SegmentStats
+from elmo_pipeline.segment.workers import LineSegmenter, iter_sentences
+from elmo_pipeline.text.normalize import normalize_text, split_sentences, split_token_sentences
+from elmo_pipeline.text.settings import (
     FORMATS,
     INVALID_UTF8_ACTIONS,
     LANGUAGES,
     CorpusSettings,
     SegmentSettings,
-    SegmentStats,
     corpus_settings,
     segment_settings,
 )
-from elmo_pipeline.segment.shards import SHARD_NAME
-from elmo_pipeline.segment.stage import segment_corpus
-from elmo_pipeline.segment.text import normalize_text, split_sentences, split_token_sentences
-from elmo_pipeline.segment.tokenizers import Tokenizer, make_tokenizer, tokenize_english
-from elmo_pipeline.segment.workers import LineSegmenter, iter_sentences
+from elmo_pipeline.text.tokenizers import Tokenizer, make_tokenizer, tokenize_english
 
 __all__ = [
     "CHUNK_CHARS",

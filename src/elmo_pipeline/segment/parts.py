@@ -23,15 +23,14 @@ from typing import Any
 
 from elmo_pipeline.common import atomic_open, read_json, write_json
 from elmo_pipeline.segment.reading import iter_line_chunks
-from elmo_pipeline.segment.settings import (
-    READER_COUNTERS,
+from elmo_pipeline.segment.stage import prepare, write_outputs
+from elmo_pipeline.segment.stats import READER_COUNTERS, SegmentStats
+from elmo_pipeline.segment.workers import segment_chunks
+from elmo_pipeline.text.settings import (
     CorpusSettings,
     SegmentSettings,
-    SegmentStats,
     settings_dict,
 )
-from elmo_pipeline.segment.stage import prepare, write_outputs
-from elmo_pipeline.segment.workers import segment_chunks
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from elmo_pipeline.common import open_binary
-from elmo_pipeline.segment.settings import CorpusSettings, SegmentStats
+from elmo_pipeline.segment.stats import SegmentStats
+from elmo_pipeline.text.settings import CorpusSettings
 
 log = logging.getLogger(__name__)
 

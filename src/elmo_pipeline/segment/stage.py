@@ -19,14 +19,6 @@ from typing import Any
 
 from elmo_pipeline.common import expand_inputs, write_json
 from elmo_pipeline.segment.reading import iter_line_chunks
-from elmo_pipeline.segment.settings import (
-    CorpusSettings,
-    SegmentSettings,
-    SegmentStats,
-    corpus_settings,
-    segment_settings,
-    settings_dict,
-)
 from elmo_pipeline.segment.shards import (
     TMP_PREFIX,
     TMP_SUFFIX,
@@ -35,8 +27,16 @@ from elmo_pipeline.segment.shards import (
     remove_stale_shards,
     remove_stale_tmp_dirs,
 )
-from elmo_pipeline.segment.tokenizers import check_user_dict
+from elmo_pipeline.segment.stats import SegmentStats
 from elmo_pipeline.segment.workers import segment_chunks
+from elmo_pipeline.text.settings import (
+    CorpusSettings,
+    SegmentSettings,
+    corpus_settings,
+    segment_settings,
+    settings_dict,
+)
+from elmo_pipeline.text.tokenizers import check_user_dict
 
 log = logging.getLogger(__name__)
 

@@ -13,15 +13,15 @@ from tqdm import tqdm
 
 from elmo_pipeline.common import expand_inputs
 from elmo_pipeline.segment.reading import INVALID, iter_line_chunks
-from elmo_pipeline.segment.settings import (
+from elmo_pipeline.segment.stats import SegmentStats
+from elmo_pipeline.text.normalize import normalize_text, split_sentences, split_token_sentences
+from elmo_pipeline.text.settings import (
     CorpusSettings,
     SegmentSettings,
-    SegmentStats,
     corpus_settings,
     segment_settings,
 )
-from elmo_pipeline.segment.text import normalize_text, split_sentences, split_token_sentences
-from elmo_pipeline.segment.tokenizers import check_user_dict, make_tokenizer
+from elmo_pipeline.text.tokenizers import check_user_dict, make_tokenizer
 
 
 class LineSegmenter:

@@ -10,11 +10,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from elmo_pipeline.segment.jieba_tokenizer import JiebaBlockTokenizer
-from elmo_pipeline.segment.settings import (
+from elmo_pipeline.text.jieba_tokenizer import JiebaBlockTokenizer
+from elmo_pipeline.text.settings import (
     LANGUAGES,
     SegmentSettings,
-    _check_choice,
+    check_choice,
     segment_settings,
 )
 
@@ -72,7 +72,7 @@ def make_tokenizer(
     :class:`LineSegmenter` for the whole per-line pipeline). Tokens never
     contain whitespace and are never empty.
     """
-    _check_choice("language", language, LANGUAGES)
+    check_choice("language", language, LANGUAGES)
     settings = segment_settings(settings)
     lowercase = settings.lowercase
     if language == "zh":

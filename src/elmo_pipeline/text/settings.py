@@ -1,4 +1,4 @@
-"""The ``corpus`` and ``segment`` settings of the stage, and the counters of stats.json.
+"""The ``corpus`` and ``segment`` config sections: how text is read and tokenised.
 
 The dataclass defaults are those of config/schema.yaml; tests/test_segment.py
 compares the two, so a default changed in one place and not the other fails.
@@ -36,8 +36,8 @@ class CorpusSettings:
     seed: int = 1
 
     def __post_init__(self) -> None:
-        _check_choice("corpus.format", self.format, FORMATS)
-        _check_choice("corpus.language", self.language, LANGUAGES)
+        check_choice("corpus.format", self.format, FORMATS)
+        check_choice("corpus.language", self.language, LANGUAGES)
         if self.format == "fields" and not self.delimiter:
             raise ValueError("corpus.delimiter must be a non-empty string for format 'fields'")
         if self.field < 0:
@@ -74,14 +74,14 @@ class SegmentSettings:
     invalid_utf8: str = "replace"
 
     def __post_init__(self) -> None:
-        _check_choice("segment.invalid_utf8", self.invalid_utf8, INVALID_UTF8_ACTIONS)
+        check_choice("segment.invalid_utf8", self.invalid_utf8, INVALID_UTF8_ACTIONS)
         if self.max_sentence_tokens is not None and self.max_sentence_tokens < 1:
             raise ValueError(
                 f"segment.max_sentence_tokens must be >= 1 or null, got {self.max_sentence_tokens}"
             )
 
 
-def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}")
 
@@ -122,55 +122,3 @@ def settings_dict(settings: CorpusSettings | SegmentSettings) -> dict[str, Any]:
     if "paths" in values:
         values["paths"] = list(values["paths"])
     return values
-
-
-@dataclass
-class SegmentStats:
-    """Counters written to stats.json; every dropped or repaired line is counted here.
-
-    The reader (one process) fills the first group for every line it reads;
-    the workers fill the second (:data:`WORKER_COUNTERS`) for the lines they
-    segment, and the parent adds them up.
-    """
-
-    files_read: int = 0
-    lines_read: int = 0
-    lines_invalid_utf8: int = 0  # invalid in corpus.encoding (UTF-8 by default)
-    invalid_utf8_action: str = "replace"
-    lines_ending_cr: int = 0  # lines ended by a lone CR (old Mac files), split there
-    lines_empty: int = 0
-    lines_too_few_fields: int = 0
-    lines_split: int = 0  # lines that sentence splitting turned into >= 2 sentences
-    sentences_cut: int = 0  # sentences longer than max_sentence_tokens, cut into pieces
-    pieces_from_cut_sentences: int = 0
-    characters: int = 0
-    sentences: int = 0
-    tokens: int = 0
-
-    def worker_counts(self) -> dict[str, int]:
-        """The counters a worker fills in, for sending back to the parent."""
-        return {name: getattr(self, name) for name in WORKER_COUNTERS}
-
-    def reader_counts(self) -> dict[str, int]:
-        """The counters the reader fills in (the same in every part of a sharded run)."""
-        return {name: getattr(self, name) for name in READER_COUNTERS}
-
-    def add(self, counts: Mapping[str, int]) -> None:
-        for name, value in counts.items():
-            setattr(self, name, getattr(self, name) + value)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-READER_COUNTERS = ("files_read", "lines_read", "lines_invalid_utf8", "lines_ending_cr")
-WORKER_COUNTERS = (
-    "lines_empty",
-    "lines_too_few_fields",
-    "lines_split",
-    "sentences_cut",
-    "pieces_from_cut_sentences",
-    "characters",
-    "sentences",
-    "tokens",
-)
