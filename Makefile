@@ -1,6 +1,7 @@
 # Quick start:
-#   make demo   # make .venv, install, run the whole pipeline on the bundled corpus
-#   make test   # make .venv, install, run the tests (both Keras backends)
+#   make demo       # make .venv, install, run the whole pipeline on the bundled corpus
+#   make test       # make .venv, install, run the fast tests (TensorFlow, no `slow` ones)
+#   make test-all   # make .venv, install, run every test on both Keras backends (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ CORES ?= all
 # which pip would install over tensorflow-cpu. tf-keras must match TensorFlow's minor.
 TF_MINOR := import tensorflow as tf; print(tf.__version__.rsplit(".", 1)[0])
 
-.PHONY: install demo test test-tensorflow test-jax lint format clean
+.PHONY: install demo test test-all test-tensorflow test-jax lint format clean
 
 install: $(VENV)/.installed
 
@@ -25,7 +26,14 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/snakemake --cores $(CORES)
 
-test: test-tensorflow test-jax
+# The fast suite: TensorFlow only, without the tests marked `slow` (Snakemake runs, SLURM,
+# training runs, the demo's quality): 3.5 minutes on 2 idle CPU cores. `make test-all` runs
+# everything, on TensorFlow and then on JAX.
+test: install
+	KERAS_BACKEND=tensorflow $(BIN)/pytest -m "not slow"
+
+# Everything, what .ci/run runs: every test on TensorFlow, then the Keras tests on JAX.
+test-all: test-tensorflow test-jax
 
 test-tensorflow: install
 	KERAS_BACKEND=tensorflow $(BIN)/pytest

@@ -95,7 +95,7 @@ def evaluation_sentences() -> tuple[set[str], list[str]]:
 def peoples_daily_first_90(shared: Path, dropped: Counter[str]) -> Iterator[str]:
     """The first 90 % of the lines, tags and token spaces removed, without the sentences
     the evaluation tenth also has (counted in ``dropped``)."""
-    from elmo_pipeline.segment.text import split_token_sentences
+    from elmo_pipeline.text.normalize import split_token_sentences
 
     every, long = evaluation_sentences()
     lines = list(_lines(shared / PD_FILE))

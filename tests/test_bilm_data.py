@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from elmo_pipeline.bilm.chars import token_char_ids
-from elmo_pipeline.bilm.data import BOS_ID, EOS_ID, UNK_ID, BiLMBatcher, count_pairs
+from elmo_pipeline.bilm.data import BiLMBatcher, count_pairs
+from elmo_pipeline.text.tokens import BOS_ID, EOS_ID, UNK_ID
 
 pytestmark = pytest.mark.keras  # part of the biLM suite (no keras import needed here)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import planned_rules
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config" / "config_zh_full.yaml"
@@ -54,6 +55,7 @@ def prepared(tmp_path_factory, shared_data) -> Path:
     return workdir
 
 
+@pytest.mark.slow  # prepares the full corpus
 def test_prepared_corpus_holds_no_evaluation_text(prepared: Path) -> None:
     from elmo_pipeline.evaluate.pos import read_tagged
 
@@ -89,8 +91,6 @@ def test_prepared_corpus_holds_no_evaluation_text(prepared: Path) -> None:
 
 @pytest.mark.slow
 def test_full_config_plans_every_stage(prepared: Path) -> None:
-    from test_workflow import planned_rules
-
     cmd = [
         sys.executable,
         "-m",

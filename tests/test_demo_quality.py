@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import snakemake
+from helpers import snakemake
 
 from elmo_pipeline.bilm.data import load_vocab
 from elmo_pipeline.bilm.heldout import unigram_perplexity

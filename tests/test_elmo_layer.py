@@ -11,49 +11,13 @@ pytestmark = pytest.mark.keras
 
 keras = pytest.importorskip("keras")
 
-from elmo_pipeline import ElmoInputs, ElmoLayer, Embedder  # noqa: E402
-from elmo_pipeline.bilm.weights import (  # noqa: E402
-    options_to_layers,
-    save_bilm_tf_weights,
-    variable_to_numpy,
-)
-from elmo_pipeline.common import write_json  # noqa: E402
+from helpers import write_model  # noqa: E402
 
-LSTM = {
-    "dim": 12,
-    "projection_dim": 5,
-    "n_layers": 2,
-    "cell_clip": 1.0,
-    "proj_clip": 1.0,
-    "use_skip_connections": True,
-}
-CHAR_CNN = {
-    "activation": "tanh",
-    "filters": [[1, 4], [2, 4], [3, 6]],
-    "n_highway": 1,
-    "embedding": {"dim": 3},
-    "n_characters": 262,
-    "max_characters_per_token": 50,
-}
-VOCAB = ["<S>", "</S>", "<UNK>", "我", "爱", "北京", "the", "cat", "sat", "."]
+from elmo_pipeline import ElmoInputs, ElmoLayer, Embedder  # noqa: E402
+from elmo_pipeline.bilm.weights import variable_to_numpy  # noqa: E402
+
 SENTENCES = [["我", "爱", "北京"], ["the", "cat", "sat", "on", "the", "mat", "."], [], ["爱"]]
 MIX, GAMMA = [0.5, -1.0, 2.0], 0.7
-
-
-def write_model(directory: Path, mode: str, seed: int) -> Path:
-    """A random biLM in the bilm-tf layout (weights.hdf5, options.json, vocab.txt)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    options = {"lstm": dict(LSTM)}
-    if mode == "char":
-        options["char_cnn"] = dict(CHAR_CNN)
-    encoder, lstm = options_to_layers(options, None if mode == "char" else len(VOCAB))
-    rng = np.random.default_rng(seed)
-    for var in [*encoder.weights, *lstm.weights]:
-        var.assign(rng.normal(0, 0.4, size=tuple(var.shape)).astype(np.float32))
-    save_bilm_tf_weights(directory / "weights.hdf5", encoder, lstm)
-    write_json(directory / "options.json", options)
-    (directory / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB), encoding="utf-8")
-    return directory
 
 
 @pytest.fixture(scope="module", params=["char", "token"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
 from pathlib import Path
 
 import duckdb
@@ -22,45 +21,11 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from helpers import P, TokenHashEmbed
 
 from elmo_pipeline import embed as E
 
 DATA = Path(__file__).parent / "data" / "vocab_w2v"
-P = 4  # projection dim: word_emb has P, the others 2P
-
-
-def token_vector(token: str, position: int, n: int, dim: int) -> np.ndarray:
-    seed = zlib.crc32(f"{token}|{position}|{n}|{dim}".encode())
-    return np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
-
-
-class TokenHashEmbed:
-    """embed_fn for the tests; records the sentence lengths of every batch it gets."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[int]] = []
-
-    def __call__(self, batch: list[list[str]]) -> dict[str, np.ndarray]:
-        self.batches.append([len(s) for s in batch])
-        b, t = len(batch), max(len(s) for s in batch)  # t = 0 for a batch of empty sentences
-        out = {
-            "word_emb": np.full((b, t, P), np.nan, np.float32),
-            "lstm_outputs1": np.full((b, t, 2 * P), np.nan, np.float32),
-            "lstm_outputs2": np.full((b, t, 2 * P), np.nan, np.float32),
-            "elmo": np.full((b, t, 2 * P), np.nan, np.float32),
-        }
-        for i, sentence in enumerate(batch):
-            for name, arr in out.items():
-                for j, token in enumerate(sentence):
-                    arr[i, j] = token_vector(f"{name}:{token}", j, len(sentence), arr.shape[2])
-        out["default"] = np.stack(
-            [
-                out["elmo"][i, : len(s)].mean(axis=0) if s else np.full(2 * P, np.nan)
-                for i, s in enumerate(batch)
-            ]
-        )
-        out["sequence_len"] = np.array([len(s) for s in batch], np.int32)
-        return out
 
 
 def expected_row(tokens: list[str], name: str) -> np.ndarray:
@@ -348,6 +313,7 @@ FIXTURE = Path(__file__).parent / "data" / "bilm_tf_fixture"
 ALL = ["word_emb", "lstm_outputs1", "lstm_outputs2", "elmo", "default"]
 
 
+@pytest.mark.slow  # embed CLI runs
 @pytest.mark.keras
 def test_cli_with_the_bilm_tf_fixture_model_matches_embedder(tmp_path):
     from elmo_pipeline.bilm.embedder import Embedder

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_embed import TokenHashEmbed
+from helpers import TokenHashEmbed
 
 from elmo_pipeline import embed as E
 from elmo_pipeline.embed import gather as G
@@ -103,6 +103,7 @@ def test_gather_refuses_a_missing_or_foreign_shard(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # four embed runs and a gather
 @pytest.mark.keras
 def test_cli_shards_of_segmented_text_equal_one_job(tmp_path):
     """The path the Snakemake rules take: ``embed --shard k-of-3`` then ``gather``."""

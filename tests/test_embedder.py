@@ -69,6 +69,7 @@ def test_fixture_stateful_protocol_reproduces_bilm_tf():
             np.testing.assert_allclose(out["lstm_outputs2"][k, :n], want, atol=1e-5)
 
 
+@pytest.mark.slow  # compiles the fixture model
 def test_fixture_stateless_batch0_and_state_matters_later():
     lists = _fixture_sentences()
     embedder = _fixture_embedder()  # stateless default

@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from helpers import write_model
 
 from elmo_pipeline import evaluate
 from elmo_pipeline.evaluate import (
@@ -87,8 +88,6 @@ def test_spread_pca_and_context():
 @pytest.mark.keras
 def test_polysemy_report_on_a_tiny_model(tmp_path):
     pytest.importorskip("keras")
-    from test_elmo_layer import write_model
-
     from elmo_pipeline import Embedder
 
     model_dir = write_model(tmp_path / "model", "char", seed=2)

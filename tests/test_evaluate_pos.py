@@ -228,6 +228,7 @@ def test_paired_difference_sees_a_gap_that_separate_intervals_hide() -> None:
         paired_difference(base, base[:10])
 
 
+@pytest.mark.slow  # trains a probe
 @pytest.mark.keras
 def test_linear_probe_learns_a_linearly_separable_tagging() -> None:
     from elmo_pipeline.evaluate.pos import linear_probe

@@ -11,7 +11,7 @@ import pytest
 pytestmark = pytest.mark.keras
 pytest.importorskip("keras")
 
-from test_elmo_layer import write_model  # noqa: E402
+from helpers import write_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TITLES = REPO / "resources" / "toutiao_labels" / "titles_labels.txt"
@@ -24,6 +24,7 @@ def load_example(name: str):
     return module
 
 
+@pytest.mark.slow  # trains a classifier
 def test_classify_titles_trains_saves_and_reloads(tmp_path, capsys):
     model_dir = write_model(tmp_path / "model", "token", seed=4)
     options = json.loads((model_dir / "options.json").read_text(encoding="utf-8"))

@@ -179,6 +179,7 @@ def _assert_matches(got: dict, prefix: str, want: dict, width: int) -> None:
         np.testing.assert_allclose(value, expected, atol=ATOL, rtol=0, err_msg=key)
 
 
+@pytest.mark.slow  # exports through the CLI, loads with TF-Hub
 @pytest.mark.parametrize("name", ["char", "token"])
 def test_both_signatures_equal_the_stateless_embedder(exported, name):
     embedder = Embedder.from_dir(exported["models"][name])
@@ -193,6 +194,7 @@ def test_both_signatures_equal_the_stateless_embedder(exported, name):
     assert embedder.embed(split)["elmo"].shape[-1] == 2 * embedder.projection_dim
 
 
+@pytest.mark.slow  # exports through the CLI, loads with TF-Hub
 @pytest.mark.parametrize("name", ["char", "token"])
 def test_signature_names_and_trainable_mix_as_tf_hub(exported, name):
     result = exported["result"][name]
@@ -202,6 +204,7 @@ def test_signature_names_and_trainable_mix_as_tf_hub(exported, name):
     assert any("tf.int32, name='sequence_len'" in s for s in result["inputs"]["tokens"])
 
 
+@pytest.mark.slow  # exports through the CLI, loads with TF-Hub
 @pytest.mark.parametrize("name", ["char", "token"])
 def test_keras_layer_trains_the_mix_and_keeps_the_bilm(exported, name):
     result = exported["result"][name]
@@ -238,6 +241,7 @@ def test_default_signature_splits_where_python_str_split_does():
     assert separators == [c for c in chars if c.isspace()]
 
 
+@pytest.mark.slow  # exports through the CLI, loads with TF-Hub
 def test_tokens_signature_rejects_lengths_beyond_the_tokens(exported):
     loaded = tf.saved_model.load(exported["paths"]["char"])
     with pytest.raises(tf.errors.InvalidArgumentError, match="sequence_len is larger"):
@@ -253,6 +257,7 @@ def _export(tmp_path: Path, *args: str) -> tuple[int, str]:
     return code, log.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow  # exports through the CLI, loads with TF-Hub
 def test_existing_output_is_kept_unless_overwrite_and_a_saved_model(exported, tmp_path):
     model = str(exported["models"]["char"])
     out = Path(exported["paths"]["char"])
@@ -300,4 +305,4 @@ def test_rule_exports_the_dumped_model_and_is_not_in_all(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "results" / "hub" / "saved_model.pb").is_file()
     assert "exported" in (tmp_path / "logs" / "export_hub" / "export_hub.log").read_text("utf-8")
-    assert (tmp_path / "benchmarks" / "export_hub" / "export_hub.tsv").is_file()
+    assert (tmp_path / "results" / "benchmarks" / "export_hub" / "export_hub.tsv").is_file()

@@ -24,9 +24,10 @@ from elmo_pipeline.bilm.finetune import (
     start_from_model,
 )
 from elmo_pipeline.bilm.model import build_training_model
+from elmo_pipeline.bilm.plan import make_train_options
 from elmo_pipeline.bilm.weights import save_bilm_tf_weights, variable_to_numpy
 from elmo_pipeline.dump import dump_model
-from elmo_pipeline.train import complete_settings, make_train_options, train
+from elmo_pipeline.train import complete_settings, train
 
 pytestmark = pytest.mark.keras
 
@@ -102,6 +103,7 @@ def sample_batches(corpus: dict, model, n: int = 8) -> list:
     return [batcher.next_batch() for _ in range(n)]
 
 
+@pytest.mark.slow  # fits the softmax
 def test_the_training_model_starts_as_exactly_the_bilm_tf_model(english, tmp_path):
     start = fixture_copy(tmp_path)
     model = training_model_for({**FINETUNE, "init_from": str(start)}, english["vocab"])
@@ -155,6 +157,7 @@ def test_the_lda_softmax_is_the_bayes_posterior_of_gaussian_outputs():
     np.testing.assert_allclose(got, want, atol=0.02)
 
 
+@pytest.mark.slow  # trains
 def test_a_short_fine_tune_beats_its_epoch_0_row_and_dumps_a_loadable_model(english, tmp_path):
     start = fixture_copy(tmp_path)
     out = tmp_path / "bilm"
@@ -190,6 +193,7 @@ def test_a_config_that_contradicts_the_starting_model_names_both_values(english,
     assert complete_settings(same)["char_cnn"]["n_characters"] == 261
 
 
+@pytest.mark.slow  # trains
 def test_a_token_model_fine_tuned_on_other_text_keeps_the_shared_rows(test_data, tmp_path):
     lines = (test_data / "train" / "pku_train.txt").read_text("utf-8").splitlines()
     heldout = (test_data / "train" / "pku_heldout.txt").read_text("utf-8").splitlines()

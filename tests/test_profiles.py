@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import tiny_config
+from helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE_LINE = "Using workflow specific profile"
@@ -34,6 +34,7 @@ def write_config(workdir: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # runs snakemake
 def test_plain_dry_run_uses_the_default_profile() -> None:
     """`snakemake -n` in the checkout, no options at all, as the README says to run it."""
     result = run_snakemake("-n", cwd=REPO)

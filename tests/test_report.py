@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_workflow import snakemake, tiny_config
+from helpers import snakemake, tiny_config
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ from elmo_pipeline.segment import (
     split_token_sentences,
     tokenize_english,
 )
-from elmo_pipeline.segment.jieba_tokenizer import FinalsegCut
+from elmo_pipeline.text.jieba_tokenizer import FinalsegCut
 
 DATA = Path(__file__).parent / "data" / "segment"
 PKU_GOLD = DATA / "pku_test_gold_20.utf8"

@@ -19,7 +19,7 @@ import h5py
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from test_workflow import tiny_config
+from helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"

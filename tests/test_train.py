@@ -200,6 +200,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(data, tmp_path):
     assert not (out / "checkpoints").exists() and list(out.glob("checkpoints.old-*"))
 
 
+@pytest.mark.slow  # trains three times
 @pytest.mark.parametrize(
     "schedule", [{}, {"optimizer": "adam", "learning_rate": 0.01, "decay": "none"}],
     ids=["adagrad", "adam-constant"],
@@ -232,6 +233,7 @@ def test_raising_n_epochs_continues_the_finished_run(data, tmp_path, caplog, sch
     assert not list(tmp_path.glob("continued/checkpoints.old-*"))
 
 
+@pytest.mark.slow  # trains twice
 def test_a_changed_network_size_starts_afresh_and_names_the_setting(data, tmp_path, caplog):
     from elmo_pipeline.bilm.checkpoints import CheckpointManager
 
@@ -398,7 +400,7 @@ def test_mixed_precision_computes_in_bfloat16_with_float32_weights_and_loss():
 
 def test_resume_fingerprint_follows_upstream_data() -> None:
     """New word2vec vectors or new shards must not resume the old run's checkpoint."""
-    from elmo_pipeline.train import settings_fingerprint
+    from elmo_pipeline.bilm.plan import settings_fingerprint
 
     base = settings_fingerprint({"n_epochs": 1}, "vocab-sha", 100, 1, "init-a", [10, 20])
     assert base == settings_fingerprint({"n_epochs": 1}, "vocab-sha", 100, 1, "init-a", [10, 20])

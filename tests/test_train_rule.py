@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 import yaml
 
-from elmo_pipeline.bilm.data import BOS_ID, EOS_ID, UNK_ID, load_vocab
+from elmo_pipeline.bilm.data import load_vocab
 from elmo_pipeline.bilm.heldout import HeldoutEvaluator
 from elmo_pipeline.bilm.model import build_training_model
 from elmo_pipeline.bilm.monitoring import DivergenceGuard
 from elmo_pipeline.bilm.optimizers import WarmupLinear, build_optimizer, warmup_then_decay
 from elmo_pipeline.bilm.options import LSTM_DEFAULTS
+from elmo_pipeline.text.tokens import BOS_ID, EOS_ID, UNK_ID
 from elmo_pipeline.train import DEFAULTS, complete_settings, main, train
 
 pytestmark = pytest.mark.keras
@@ -183,6 +184,7 @@ def token_by_token_perplexity(model, pairs_fwd: list, pairs_bwd: list) -> tuple[
     return float(ppl[0]), float(ppl[1])
 
 
+@pytest.mark.slow  # token-by-token reference
 def test_heldout_perplexity_is_bilm_tf_one_stream_protocol(corpus, tmp_path):
     vocab = load_vocab(corpus["vocab_file"])
     settings = complete_settings({**TINY, "batch_size": 16})

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from elmo_pipeline import vocab as V
+from elmo_pipeline.text import vocabulary as TV
 
 DATA = Path(__file__).parent / "data" / "vocab_w2v"
 SHARDS = sorted(DATA.glob("shard-*.txt"))
@@ -44,7 +45,7 @@ def built(tmp_path_factory):
 
 def test_header_order_and_stats(built):
     out, stats = built
-    tokens = V.read_vocab(out / "vocab.txt")
+    tokens = TV.read_vocab(out / "vocab.txt")
     counts = corpus_counter(SHARDS)
     assert tokens[:3] == ["<S>", "</S>", "<UNK>"]
     assert sorted(tokens[3:]) == sorted(counts)  # min_count=1: every token, once
@@ -62,7 +63,7 @@ def test_header_order_and_stats(built):
 
 def test_counts_tsv_matches_vocab(built):
     out, stats = built
-    tokens = V.read_vocab(out / "vocab.txt")
+    tokens = TV.read_vocab(out / "vocab.txt")
     rows = read_counts_tsv(out / "counts.tsv")
     counts = corpus_counter(SHARDS)
     assert [t for t, _ in rows] == tokens
@@ -83,7 +84,7 @@ def test_tie_break_is_codepoint_order_and_independent_of_input_order(tmp_path):
     # counts: a 3, b 3, c 3, 中 3 -> all tied
     V.build_vocab([a, b], tmp_path / "ab", progress=False)
     V.build_vocab([b, a], tmp_path / "ba", progress=False)
-    ab = V.read_vocab(tmp_path / "ab" / "vocab.txt")
+    ab = TV.read_vocab(tmp_path / "ab" / "vocab.txt")
     assert ab[3:] == sorted(["a", "b", "c", "中"])
     assert (tmp_path / "ab" / "vocab.txt").read_bytes() == (
         tmp_path / "ba" / "vocab.txt"
@@ -92,7 +93,7 @@ def test_tie_break_is_codepoint_order_and_independent_of_input_order(tmp_path):
 
 def test_min_count_filters_and_coverage(tmp_path):
     stats = V.build_vocab(SHARDS, tmp_path, min_count=3, progress=False)
-    tokens = V.read_vocab(tmp_path / "vocab.txt")
+    tokens = TV.read_vocab(tmp_path / "vocab.txt")
     counts = corpus_counter(SHARDS)
     kept = {t for t, n in counts.items() if n >= 3}
     assert set(tokens[3:]) == kept
@@ -105,7 +106,7 @@ def test_min_count_filters_and_coverage(tmp_path):
 
 def test_max_size_counts_header_lines(tmp_path):
     stats = V.build_vocab(SHARDS, tmp_path, min_count=1, max_size=50, progress=False)
-    tokens = V.read_vocab(tmp_path / "vocab.txt")
+    tokens = TV.read_vocab(tmp_path / "vocab.txt")
     counts = corpus_counter(SHARDS)
     expected = sorted(counts, key=lambda t: (-counts[t], t))[:47]
     assert len(tokens) == stats["vocab_size"] == 50
@@ -116,7 +117,7 @@ def test_max_size_counts_header_lines(tmp_path):
 def test_literal_special_tokens_do_not_duplicate_header(tmp_path):
     shard = write_shard(tmp_path / "s.txt", ["<S> 我 <UNK> 你", "</S> 我 <S>", "", "他"])
     stats = V.build_vocab([shard], tmp_path / "out", progress=False)
-    tokens = V.read_vocab(tmp_path / "out" / "vocab.txt")
+    tokens = TV.read_vocab(tmp_path / "out" / "vocab.txt")
     assert tokens == ["<S>", "</S>", "<UNK>", "我", "他", "你"]
     assert stats["n_literal_special_tokens"] == {"<S>": 2, "</S>": 1, "<UNK>": 1}
     assert stats["n_train_tokens"] == 8
@@ -164,7 +165,7 @@ def write_vocab_bytes(tmp_path: Path, data: bytes) -> Path:
 
 def test_read_vocab_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt"):
-        V.read_vocab(tmp_path / "nope.txt")
+        TV.read_vocab(tmp_path / "nope.txt")
 
 
 @pytest.mark.parametrize(
@@ -184,29 +185,29 @@ def test_read_vocab_missing_file(tmp_path):
 def test_read_vocab_rejects_bad_files(tmp_path, data, pattern):
     path = write_vocab_bytes(tmp_path, data)
     with pytest.raises(ValueError, match=pattern):
-        V.read_vocab(path)
+        TV.read_vocab(path)
 
 
 def test_read_vocab_without_header_requirement(tmp_path):
     path = write_vocab_bytes(tmp_path, "the\n北京\n,\n".encode())
-    assert V.read_vocab(path, require_header=False) == ["the", "北京", ","]
+    assert TV.read_vocab(path, require_header=False) == ["the", "北京", ","]
     with pytest.raises(ValueError, match="lines 1-3"):
-        V.read_vocab(path)
+        TV.read_vocab(path)
 
 
 def test_read_vocab_accepts_missing_final_newline(tmp_path):
     path = write_vocab_bytes(tmp_path, b"<S>\n</S>\n<UNK>\nthe")
-    assert V.read_vocab(path) == ["<S>", "</S>", "<UNK>", "the"]
+    assert TV.read_vocab(path) == ["<S>", "</S>", "<UNK>", "the"]
 
 
 def test_vocab_index(built):
     out, _ = built
-    tokens = V.read_vocab(out / "vocab.txt")
-    index = V.vocab_index(tokens)
+    tokens = TV.read_vocab(out / "vocab.txt")
+    index = TV.vocab_index(tokens)
     assert all(index[t] == i for i, t in enumerate(tokens))
     assert len(index) == len(tokens)
     with pytest.raises(ValueError, match="'a' at ids 0 and 2"):
-        V.vocab_index(["a", "b", "a"])
+        TV.vocab_index(["a", "b", "a"])
 
 
 # ---------------------------------------------------------------- command line
@@ -230,7 +231,7 @@ def test_cli_writes_outputs(tmp_path):
     assert rc == 0
     stats = json.loads((tmp_path / "vocab" / "stats.json").read_text(encoding="utf-8"))
     assert stats["min_count"] == 2
-    assert stats["vocab_size"] == len(V.read_vocab(tmp_path / "vocab" / "vocab.txt"))
+    assert stats["vocab_size"] == len(TV.read_vocab(tmp_path / "vocab" / "vocab.txt"))
     assert "coverage" in log.read_text(encoding="utf-8")
 
 

@@ -17,6 +17,7 @@ from gensim.models import KeyedVectors
 
 from elmo_pipeline import vocab as V
 from elmo_pipeline import word2vec as W
+from elmo_pipeline.text import vocabulary as TV
 
 DATA = Path(__file__).parent / "data" / "vocab_w2v"
 SHARDS = sorted(DATA.glob("shard-*.txt"))
@@ -45,7 +46,7 @@ def corpus_counter() -> Counter:
 def run_stage(tmp: Path, vocab_min_count: int, settings: dict) -> tuple[Path, list[str], dict]:
     V.build_vocab(SHARDS, tmp / "vocab", min_count=vocab_min_count, progress=False)
     stats = W.run_word2vec(SHARDS, tmp / "vocab" / "vocab.txt", tmp / "w2v", settings, threads=1)
-    return tmp / "w2v", V.read_vocab(tmp / "vocab" / "vocab.txt"), stats
+    return tmp / "w2v", TV.read_vocab(tmp / "vocab" / "vocab.txt"), stats
 
 
 def read_init(out: Path) -> tuple[np.ndarray, dict]:

@@ -17,72 +17,12 @@ import h5py
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import yaml
+from helpers import REPO, planned_rules, snakemake, tiny_config
 
 from elmo_pipeline.embed import column_to_numpy
-from elmo_pipeline.vocab import read_vocab
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "tests" / "data" / "workflow" / "toutiao_sample.txt"
+from elmo_pipeline.text.vocabulary import read_vocab
 
 pytestmark = pytest.mark.slow
-
-#: A model small enough to train in seconds on two CPU cores.
-TINY_BILM = {
-    "lstm": {"dim": 32, "projection_dim": 16, "n_layers": 2},
-    "char_cnn": {"filters": [[1, 8], [2, 8], [3, 16]], "n_highway": 1},
-    "batch_size": 8,
-    "unroll_steps": 10,
-    "n_epochs": 1,
-    "n_negative_samples_batch": 64,
-    "checkpoint_every": 20,
-}
-
-
-#: The demo's evaluation data (config/config.yaml) on a few sentences and epochs.
-TINY_EVALUATE = {
-    "classification": {"max_examples": 60, "keras_epochs": 1},
-    "pos": {"max_sentences": 120, "probe_epochs": 2, "keras_epochs": 1},
-}
-
-
-def tiny_config(**bilm_overrides) -> dict:
-    return {
-        "corpus": {
-            "paths": [str(SAMPLE)],
-            "format": "fields",
-            "delimiter": "_!_",
-            "field": 3,
-            "language": "zh",
-            "heldout_fraction": 0.05,
-            "n_shards": 2,
-        },
-        "word2vec": {"epochs": 2},
-        "bilm": {**TINY_BILM, **bilm_overrides},
-        "embed": {"batch_size": 16},
-        "evaluate": TINY_EVALUATE,
-    }
-
-
-def snakemake(
-    workdir: Path, config: dict, *args: str, timeout: int = 900
-) -> subprocess.CompletedProcess:
-    """Run the real snakemake on this repository's Snakefile in ``workdir``."""
-    config_file = workdir / "config.yaml"
-    config_file.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(config_file),
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
 def assert_embeddings_come_from_model(results: Path) -> None:
@@ -105,20 +45,6 @@ def assert_embeddings_come_from_model(results: Path) -> None:
     np.testing.assert_allclose(got_elmo, want["elmo"][0], rtol=1e-4, atol=1e-4)
     default, _ = column_to_numpy(table.column("default"))
     np.testing.assert_allclose(default[row], want["default"][0], rtol=1e-4, atol=1e-4)
-
-
-def planned_rules(result: subprocess.CompletedProcess) -> set[str]:
-    """Rule names from the 'Job stats' table of a dry run."""
-    assert result.returncode == 0, result.stdout + result.stderr
-    text = result.stdout + result.stderr
-    if "Nothing to be done" in text:
-        return set()
-    table = text.split("Job stats:", 1)[1]
-    return {
-        m.group(1)
-        for m in re.finditer(r"^(\w+)\s+\d+\s*$", table, flags=re.MULTILINE)
-        if m.group(1) != "total"
-    }
 
 
 def test_lint_passes() -> None:

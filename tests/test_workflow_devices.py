@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import tiny_config
+from helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_workflow import REPO, planned_rules, snakemake, tiny_config
+from helpers import REPO, planned_rules, snakemake, tiny_config
 
 from elmo_pipeline import embed as E
 

@@ -19,7 +19,7 @@ rule dump_weights:
     log:
         "logs/dump_weights/dump_weights.log",
     benchmark:
-        "benchmarks/dump_weights/dump_weights.tsv"
+        "results/benchmarks/dump_weights/dump_weights.tsv"
     conda:
         ENV
     shell:

@@ -34,7 +34,7 @@ rule embed_shard:
     log:
         "logs/embed/shard-{scatteritem}.log",
     benchmark:
-        "benchmarks/embed/shard-{scatteritem}.tsv"
+        "results/benchmarks/embed/shard-{scatteritem}.tsv"
     conda:
         GPU_ENV
     shell:
@@ -53,7 +53,7 @@ rule embed:
     log:
         "logs/embed/embed.log",
     benchmark:
-        "benchmarks/embed/embed.tsv"
+        "results/benchmarks/embed/embed.tsv"
     conda:
         ENV
     shell:

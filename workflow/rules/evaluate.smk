@@ -43,7 +43,7 @@ rule evaluate:
     log:
         "logs/evaluate/evaluate.log",
     benchmark:
-        "benchmarks/evaluate/evaluate.tsv"
+        "results/benchmarks/evaluate/evaluate.tsv"
     conda:
         GPU_ENV
     shell:
@@ -67,7 +67,7 @@ rule plot_training:
     log:
         "logs/plot_training/plot_training.log",
     benchmark:
-        "benchmarks/plot_training/plot_training.tsv"
+        "results/benchmarks/plot_training/plot_training.tsv"
     conda:
         ENV
     shell:
@@ -90,7 +90,7 @@ rule plot_corpus:
     log:
         "logs/plot_corpus/plot_corpus.log",
     benchmark:
-        "benchmarks/plot_corpus/plot_corpus.tsv"
+        "results/benchmarks/plot_corpus/plot_corpus.tsv"
     conda:
         ENV
     shell:
@@ -114,7 +114,7 @@ rule plot_evaluation:
     log:
         "logs/plot_evaluation/plot_evaluation.log",
     benchmark:
-        "benchmarks/plot_evaluation/plot_evaluation.tsv"
+        "results/benchmarks/plot_evaluation/plot_evaluation.tsv"
     conda:
         ENV
     shell:

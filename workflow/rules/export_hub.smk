@@ -17,7 +17,7 @@ rule export_hub:
     log:
         "logs/export_hub/export_hub.log",
     benchmark:
-        "benchmarks/export_hub/export_hub.tsv"
+        "results/benchmarks/export_hub/export_hub.tsv"
     conda:
         ENV
     shell:

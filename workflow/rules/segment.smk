@@ -28,7 +28,7 @@ rule segment_part:
     log:
         "logs/segment/part-{scatteritem}.log",
     benchmark:
-        "benchmarks/segment/part-{scatteritem}.tsv"
+        "results/benchmarks/segment/part-{scatteritem}.tsv"
     conda:
         ENV
     shell:
@@ -53,7 +53,7 @@ rule segment:
     log:
         "logs/segment/segment.log",
     benchmark:
-        "benchmarks/segment/segment.tsv"
+        "results/benchmarks/segment/segment.tsv"
     conda:
         ENV
     shell:

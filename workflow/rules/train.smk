@@ -25,7 +25,7 @@ rule train_bilm:
     log:
         "logs/train_bilm/train_bilm.log",
     benchmark:
-        "benchmarks/train_bilm/train_bilm.tsv"
+        "results/benchmarks/train_bilm/train_bilm.tsv"
     conda:
         GPU_ENV
     shell:

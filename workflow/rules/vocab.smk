@@ -13,7 +13,7 @@ rule vocab:
     log:
         "logs/vocab/vocab.log",
     benchmark:
-        "benchmarks/vocab/vocab.tsv"
+        "results/benchmarks/vocab/vocab.tsv"
     conda:
         ENV
     shell:

@@ -16,7 +16,7 @@ rule word2vec:
     log:
         "logs/word2vec/word2vec.log",
     benchmark:
-        "benchmarks/word2vec/word2vec.tsv"
+        "results/benchmarks/word2vec/word2vec.tsv"
     conda:
         ENV
     shell:
