@@ -1,10 +1,10 @@
 """The package's layers import downwards only (docs/README.md, "Layers").
 
-``common`` (files, logging) < ``text`` (special tokens, vocabulary files, tokenizers) <
-``bilm`` (the network as a library) < the stages (one module or package per rule) < the
-command line and the package root. A module may import its own layer and the layers below;
-an arrow pointing up (say ``bilm`` importing the ``vocab`` stage) fails here, function-level
-and ``TYPE_CHECKING`` imports included.
+``common`` (files, logging, the config schema) < ``text`` (special tokens, vocabulary files,
+tokenizers) < ``bilm`` (the network as a library) <
+the stages (one module or package per rule) < the command line and the package root. A module
+may import its own layer and the layers below; an arrow pointing up (say ``bilm`` importing
+the ``vocab`` stage) fails here, function-level and ``TYPE_CHECKING`` imports included.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ def layer_of(module: str) -> int:
     parts = module.split(".")
     if len(parts) == 1 or parts[1] in ("cli", "__main__"):
         return LAYERS.index("top")
+    if parts[1] == "schema":  # the config schema and its defaults, beside common
+        return LAYERS.index("common")
     if parts[1] in ("common", "text", "bilm"):
         return LAYERS.index(parts[1])
     return LAYERS.index("stages")

@@ -15,16 +15,14 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-import yaml
 
 from elmo_pipeline.bilm.data import load_vocab
 from elmo_pipeline.bilm.heldout import HeldoutEvaluator
 from elmo_pipeline.bilm.model import build_training_model
 from elmo_pipeline.bilm.monitoring import DivergenceGuard
 from elmo_pipeline.bilm.optimizers import WarmupLinear, build_optimizer, warmup_then_decay
-from elmo_pipeline.bilm.options import LSTM_DEFAULTS
 from elmo_pipeline.text.tokens import BOS_ID, EOS_ID, UNK_ID
-from elmo_pipeline.train import DEFAULTS, complete_settings, main, train
+from elmo_pipeline.train import complete_settings, main, train
 
 pytestmark = pytest.mark.keras
 
@@ -296,14 +294,3 @@ def test_adam_trains_and_final_weights_are_the_best_epoch(corpus, tmp_path):
         for i, var in enumerate(model.variables):
             if var.trainable:
                 np.testing.assert_array_equal(var.numpy(), stored[f"model_{i:05d}"])
-
-
-def test_bilm_defaults_agree_with_the_config_schema():
-    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text("utf-8"))
-    properties = schema["properties"]["bilm"]["properties"]
-    scalar = {k: v["default"] for k, v in properties.items() if "properties" not in v}
-    assert set(DEFAULTS) <= set(scalar), set(DEFAULTS) - set(scalar)
-    for key, value in DEFAULTS.items():
-        assert scalar[key] == value, key
-    lstm = {k: v["default"] for k, v in properties["lstm"]["properties"].items()}
-    assert {k: lstm[k] for k in LSTM_DEFAULTS} == LSTM_DEFAULTS

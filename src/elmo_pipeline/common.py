@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from elmo_pipeline.schema import section_defaults
+
 log = logging.getLogger(__name__)
 
 #: Suffixes we decompress transparently.
@@ -167,8 +169,8 @@ def run_stage(
     return 0
 
 
-#: The backend when neither the settings nor the environment name one (the schema's default).
-DEFAULT_KERAS_BACKEND = "tensorflow"
+#: The backend when neither the settings nor the environment name one.
+DEFAULT_KERAS_BACKEND: str = section_defaults("bilm", nested=False)["backend"]
 
 
 def use_keras_backend(name: str | None) -> str:

@@ -60,34 +60,14 @@ from elmo_pipeline.common import (
     setup_logging,
     use_keras_backend,
 )
+from elmo_pipeline.schema import section_defaults
 
 log = logging.getLogger(__name__)
 
-#: Defaults of the ``bilm`` settings; config/schema.yaml holds the same (a test compares them).
-DEFAULTS: dict[str, Any] = {
-    "backend": "tensorflow",
-    "init_from": None,
-    "input": "token",
-    "token_init": "word2vec",
-    "share_embedding_softmax": False,
-    "dropout": 0.1,
-    "batch_size": 128,
-    "unroll_steps": 20,
-    "n_epochs": 10,
-    "n_negative_samples_batch": 8192,
-    "optimizer": "adagrad",
-    "learning_rate": None,
-    "warmup_steps": 0,
-    "decay": "cosine",
-    "weight_decay": 0.01,
-    "all_clip_norm_val": 10.0,
-    "divergence_factor": 5.0,
-    "final_weights": "best",
-    "state_reset": 0.05,
-    "mixed_precision": False,
-    "checkpoint_every": 1000,
-    "seed": 1,
-}
+#: Defaults of the ``bilm`` settings outside its sections (from the schema).
+DEFAULTS: dict[str, Any] = section_defaults("bilm", nested=False)
+#: Defaults of ``bilm.lstm``, filled into the given ``lstm`` section.
+LSTM_DEFAULTS: dict[str, Any] = section_defaults("bilm", "lstm")
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,7 +81,6 @@ def complete_settings(settings: dict[str, Any]) -> dict[str, Any]:
     model's; a setting that contradicts it is an error naming both values.
     """
     from elmo_pipeline.bilm.options import (
-        LSTM_DEFAULTS,
         is_char_model,
         projection_problem,
         resolve_init_from,

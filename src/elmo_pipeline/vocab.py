@@ -57,9 +57,13 @@ from elmo_pipeline.common import (
 from elmo_pipeline.common import (
     parse_settings as parse_settings_json,
 )
+from elmo_pipeline.schema import section_defaults
 from elmo_pipeline.text.tokens import BOS, EOS, SPECIAL_TOKENS, UNK
 
 log = logging.getLogger(__name__)
+
+#: The ``vocab`` config section's defaults (from the schema).
+DEFAULT_SETTINGS: dict[str, Any] = section_defaults("vocab")
 
 # --------------------------------------------------------------------------------------------
 # Reading the shards
@@ -207,8 +211,8 @@ def vocab_stats(
 def build_vocab(
     shards: Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
-    min_count: int = 1,
-    max_size: int | None = None,
+    min_count: int = DEFAULT_SETTINGS["min_count"],
+    max_size: int | None = DEFAULT_SETTINGS["max_size"],
     progress: bool = True,
     threads: int = 1,
 ) -> dict[str, Any]:
@@ -269,7 +273,7 @@ def parse_settings(text: str) -> dict[str, Any]:
     settings = parse_settings_json(text)
     if "vocab" in settings and isinstance(settings["vocab"], dict):
         settings = settings["vocab"]
-    unknown = set(settings) - {"min_count", "max_size"}
+    unknown = set(settings) - set(DEFAULT_SETTINGS)
     if unknown:
         raise SystemExit(f"--settings: unknown vocab keys {sorted(unknown)}")
     return settings
@@ -293,8 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: build_vocab(
             expand_inputs(args.shards),
             args.out_dir,
-            min_count=settings.get("min_count", 1),
-            max_size=settings.get("max_size"),
+            **{**DEFAULT_SETTINGS, **settings},
             progress=not args.no_progress,
             threads=args.threads,
         ),

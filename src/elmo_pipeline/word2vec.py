@@ -63,24 +63,15 @@ from elmo_pipeline.common import (
     setup_logging,
     write_json,
 )
+from elmo_pipeline.schema import section_defaults
 from elmo_pipeline.text.tokens import SPECIAL_TOKENS, UNK
 from elmo_pipeline.text.vocabulary import read_vocab
 from elmo_pipeline.vocab import iter_shard_lines
 
 log = logging.getLogger(__name__)
 
-#: The ``word2vec`` config section with the defaults of config/schema.yaml.
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "sg": 1,
-    "window": 5,
-    "negative": 5,
-    "epochs": 5,
-    "min_count": 1,
-    "sample": 0.001,
-    "alpha": 0.025,
-    "seed": 1,
-    "vector_size": None,
-}
+#: The ``word2vec`` config section's defaults (from the schema).
+DEFAULT_SETTINGS: dict[str, Any] = section_defaults("word2vec")
 
 INIT_RULE = (
     "row i = vocab line i. Tokens gensim kept: their word2vec vector. <UNK>: mean word2vec "

@@ -9,14 +9,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-#: ``lstm`` keys a training run fills in when absent (config/schema.yaml has the same).
-LSTM_DEFAULTS: dict[str, Any] = {
-    "n_layers": 2,
-    "cell_clip": 3,
-    "proj_clip": 3,
-    "use_skip_connections": True,
-}
-
 
 def projection_problem(lstm: dict[str, Any], prefix: str = "lstm") -> str | None:
     """Why ``projection_dim`` and ``dim`` cannot work together, or None.

@@ -29,19 +29,12 @@ from elmo_pipeline.embed.atomic import (
 from elmo_pipeline.embed.inputs import DEFAULT_HELDOUT, InputSource, Shard, input_sentences
 from elmo_pipeline.embed.record_batches import ALL_OUTPUTS, DTYPES, check_outputs
 from elmo_pipeline.embed.writing import write_embeddings, write_embeddings_file
+from elmo_pipeline.schema import section_defaults
 
 log = logging.getLogger(__name__)
 
-#: The ``embed`` config section with the defaults of config/schema.yaml.
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "inputs": [],
-    "outputs": ["elmo", "default"],
-    "dtype": "float32",
-    "batch_size": 64,
-    "stateful": False,
-    "sentences_per_part": 10000,
-    "n_shards": 1,
-}
+#: The ``embed`` config section's defaults (from the schema).
+DEFAULT_SETTINGS: dict[str, Any] = section_defaults("embed")
 
 
 def _embed_settings(settings: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:

@@ -21,41 +21,12 @@ from elmo_pipeline.evaluate.classification import classification_report
 from elmo_pipeline.evaluate.perplexity import perplexity_report
 from elmo_pipeline.evaluate.polysemy import polysemy_report, polysemy_sentences
 from elmo_pipeline.evaluate.pos import pos_report
+from elmo_pipeline.schema import section_defaults
 
 log = logging.getLogger("elmo_pipeline.evaluate")
 
-DEFAULTS: dict[str, Any] = {
-    "seed": 1,
-    "classification": {
-        "path": None,
-        "delimiter": "_!_",
-        "text_field": 0,
-        "label_field": 1,
-        "max_examples": 600,
-        "test_fraction": 0.3,
-        "keras_epochs": 20,
-        "max_tokens": 64,
-    },
-    "pos": {
-        "path": None,
-        "max_sentences": 3000,
-        "train_fraction": 0.6,
-        "entity_tags": [],
-        "probe_epochs": 10,
-        "keras_epochs": 10,
-    },
-    "polysemy": {
-        "words": [],
-        "n_auto_words": 4,
-        "n_candidates": 100,
-        "min_occurrences": 10,
-        "max_sentences": 2000,
-        "max_occurrences": 200,
-        "n_neighbours": 3,
-        "n_examples": 3,
-        "output": "elmo",
-    },
-}
+#: The ``evaluate`` config section's defaults (from the schema).
+DEFAULTS: dict[str, Any] = section_defaults("evaluate")
 
 
 def resolve_settings(settings: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The ``corpus`` and ``segment`` config sections: how text is read and tokenised.
 
-The dataclass defaults are those of config/schema.yaml; tests/test_segment.py
-compares the two, so a default changed in one place and not the other fails.
+The dataclass defaults are read from the configuration schema (``elmo_pipeline/schema.yaml``),
+so the Python API and the workflow start from the same values.
 """
 
 from __future__ import annotations
@@ -13,7 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from elmo_pipeline.schema import section_defaults
+
 log = logging.getLogger(__name__)
+
+_CORPUS = section_defaults("corpus")
+_SEGMENT = section_defaults("segment")
 
 LANGUAGES = ("zh", "en", "pretokenized")
 FORMATS = ("lines", "fields")
@@ -22,18 +27,18 @@ INVALID_UTF8_ACTIONS = ("replace", "skip")
 
 @dataclass(frozen=True)
 class CorpusSettings:
-    """The ``corpus`` config section (defaults as in config/schema.yaml)."""
+    """The ``corpus`` config section (``paths`` has no default: the config must give it)."""
 
     paths: tuple[str, ...] = ()
-    format: str = "lines"
-    delimiter: str = "\t"
-    field: int = 0
-    language: str = "zh"
-    encoding: str = "utf-8"
-    max_invalid_fraction: float = 0.01
-    heldout_fraction: float = 0.01
-    n_shards: int = 4
-    seed: int = 1
+    format: str = _CORPUS["format"]
+    delimiter: str = _CORPUS["delimiter"]
+    field: int = _CORPUS["field"]
+    language: str = _CORPUS["language"]
+    encoding: str = _CORPUS["encoding"]
+    max_invalid_fraction: float = _CORPUS["max_invalid_fraction"]
+    heldout_fraction: float = _CORPUS["heldout_fraction"]
+    n_shards: int = _CORPUS["n_shards"]
+    seed: int = _CORPUS["seed"]
 
     def __post_init__(self) -> None:
         check_choice("corpus.format", self.format, FORMATS)
@@ -63,15 +68,15 @@ class CorpusSettings:
 
 @dataclass(frozen=True)
 class SegmentSettings:
-    """The ``segment`` config section (defaults as in config/schema.yaml)."""
+    """The ``segment`` config section."""
 
-    hmm: bool = True
-    user_dict: str | None = None
-    normalize: bool = True
-    lowercase: bool = False
-    split_sentences: bool = True
-    max_sentence_tokens: int | None = 200
-    invalid_utf8: str = "replace"
+    hmm: bool = _SEGMENT["hmm"]
+    user_dict: str | None = _SEGMENT["user_dict"]
+    normalize: bool = _SEGMENT["normalize"]
+    lowercase: bool = _SEGMENT["lowercase"]
+    split_sentences: bool = _SEGMENT["split_sentences"]
+    max_sentence_tokens: int | None = _SEGMENT["max_sentence_tokens"]
+    invalid_utf8: str = _SEGMENT["invalid_utf8"]
 
     def __post_init__(self) -> None:
         check_choice("segment.invalid_utf8", self.invalid_utf8, INVALID_UTF8_ACTIONS)
