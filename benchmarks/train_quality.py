@@ -129,15 +129,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/elmo-train-quality"))
     args = parser.parse_args()
 
-    from elmo_pipeline.bilm.data import load_vocab
     from elmo_pipeline.bilm.heldout import unigram_perplexity
+    from elmo_pipeline.text.vocabulary import read_vocab
 
     inputs = demo_inputs()
     demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text("utf-8"))["bilm"]
     demo["backend"] = args.backend or demo["backend"]
     if args.epochs:
         demo["n_epochs"] = args.epochs
-    unigram = unigram_perplexity(inputs["heldout"], load_vocab(inputs["vocab"]), inputs["shards"])
+    unigram = unigram_perplexity(inputs["heldout"], read_vocab(inputs["vocab"]), inputs["shards"])
     args.out.mkdir(parents=True, exist_ok=True)
     results = {
         name: train_variant(name, {**demo, **VARIANTS[name]}, inputs, args.out)

@@ -66,6 +66,30 @@ def test_every_command_has_a_main(name: str) -> None:
     assert "usage" in result.stdout.lower()
 
 
+PACKAGE = REPO / "src" / "elmo_pipeline"
+
+
+def command_file(module: str) -> Path:
+    """Where a command's ``main`` is: ``<stage>.py``, or ``<stage>/command.py`` in a package."""
+    path = PACKAGE.joinpath(*module.split(".")[1:])
+    return path / "command.py" if path.is_dir() else path.with_suffix(".py")
+
+
+@pytest.mark.parametrize("name", sorted(expected_commands()))
+def test_every_command_has_the_same_shape(name: str) -> None:
+    """docs/README.md, "Layers": a reader finds any stage's ``main`` in the same place."""
+    module = expected_commands()[name]
+    source = command_file(module)
+    assert source.is_file(), f"{module}: no {source.relative_to(REPO)}"
+    assert re.search(
+        r"^def main\(argv: list\[str\] \| None = None\) -> int:", source.read_text(), re.M
+    )
+    package = source.parent
+    if source.name == "command.py":
+        main = (package / "__main__.py").read_text(encoding="utf-8")
+        assert f"from {module}.command import main" in main, module
+
+
 def test_segment_never_imports_keras() -> None:
     code = (
         "import sys\n"

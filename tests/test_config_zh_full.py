@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import planned_rules
+from helpers import REPO, planned_rules, snakemake
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config" / "config_zh_full.yaml"
 
 
@@ -91,19 +90,9 @@ def test_prepared_corpus_holds_no_evaluation_text(prepared: Path) -> None:
 
 @pytest.mark.slow
 def test_full_config_plans_every_stage(prepared: Path) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(prepared),
-        "--configfile",
-        str(CONFIG),
-        "-n",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    result = snakemake(
+        prepared, yaml.safe_load(CONFIG.read_text(encoding="utf-8")), "-n", timeout=300
+    )
     assert {"segment", "vocab", "word2vec", "train_bilm", "dump_weights", "evaluate"} <= (
         planned_rules(result)
     )

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from helpers import snakemake
 
-from elmo_pipeline.bilm.data import load_vocab
 from elmo_pipeline.bilm.heldout import unigram_perplexity
+from elmo_pipeline.text.vocabulary import read_vocab
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def test_demo_biLM_ends_at_most_0_7_of_the_unigram_perplexity(tmp_path):
     final = float(epochs[-1]["heldout_ppl"])
     unigram = unigram_perplexity(
         results / "corpus" / "heldout.txt",
-        load_vocab(results / "vocab" / "vocab.txt"),
+        read_vocab(results / "vocab" / "vocab.txt"),
         sorted((results / "corpus" / "train").glob("shard-*.txt")),
     )
     assert final <= 0.7 * unigram, (final, unigram)

@@ -13,6 +13,8 @@ pytestmark = pytest.mark.keras
 
 keras = pytest.importorskip("keras")
 
+from helpers import CHAR_CNN, LSTM  # noqa: E402
+
 from elmo_pipeline.bilm import forward  # noqa: E402
 from elmo_pipeline.bilm.chars import sentences_char_ids  # noqa: E402
 from elmo_pipeline.bilm.embedder import Embedder  # noqa: E402
@@ -86,24 +88,7 @@ def test_fixture_stateless_batch0_and_state_matters_later():
 
 # ----------------------------------------------------------------------------- tiny models
 
-CHAR_OPTIONS = {
-    "lstm": {
-        "dim": 12,
-        "projection_dim": 5,
-        "n_layers": 2,
-        "cell_clip": 1.0,
-        "proj_clip": 1.0,
-        "use_skip_connections": True,
-    },
-    "char_cnn": {
-        "activation": "tanh",
-        "filters": [[1, 4], [2, 4], [3, 6]],
-        "n_highway": 1,
-        "embedding": {"dim": 3},
-        "n_characters": 262,
-        "max_characters_per_token": 50,
-    },
-}
+CHAR_OPTIONS = {"lstm": dict(LSTM), "char_cnn": dict(CHAR_CNN)}
 TOKEN_VOCAB = ["<S>", "</S>", "<UNK>", "我", "爱", "北京", "的", "天安门"]
 
 

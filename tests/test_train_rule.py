@@ -16,12 +16,12 @@ import keras
 import numpy as np
 import pytest
 
-from elmo_pipeline.bilm.data import load_vocab
 from elmo_pipeline.bilm.heldout import HeldoutEvaluator
 from elmo_pipeline.bilm.model import build_training_model
 from elmo_pipeline.bilm.monitoring import DivergenceGuard
 from elmo_pipeline.bilm.optimizers import WarmupLinear, build_optimizer, warmup_then_decay
 from elmo_pipeline.text.tokens import BOS_ID, EOS_ID, UNK_ID
+from elmo_pipeline.text.vocabulary import read_vocab
 from elmo_pipeline.train import complete_settings, main, train
 
 pytestmark = pytest.mark.keras
@@ -184,7 +184,7 @@ def token_by_token_perplexity(model, pairs_fwd: list, pairs_bwd: list) -> tuple[
 
 @pytest.mark.slow  # token-by-token reference
 def test_heldout_perplexity_is_bilm_tf_one_stream_protocol(corpus, tmp_path):
-    vocab = load_vocab(corpus["vocab_file"])
+    vocab = read_vocab(corpus["vocab_file"])
     settings = complete_settings({**TINY, "batch_size": 16})
     model = build_training_model(options_for(settings), len(vocab))
     heldout = tmp_path / "heldout.txt"  # 6 sentences: the reference runs a pair per call

@@ -9,7 +9,7 @@ Reads ``bilm/train_options.json`` and ``bilm/model.weights.h5`` (written by
     the inference form (docs/formats.md, "options.json"): ``char_cnn.n_characters`` 262 in char
     mode, no ``char_cnn`` in token mode; training keys are kept, plus ``text``
     (language and tokenisation settings, from ``--settings``' ``corpus`` and
-    ``segment``) so raw strings are tokenised like the corpus (``bilm/text.py``).
+    ``segment``) so raw strings are tokenised like the corpus (``bilm/text_inputs.py``).
 ``vocab.txt``
     a byte-for-byte copy of the training vocabulary.
 ``vocab_embedding.hdf5``
@@ -99,7 +99,7 @@ def dump_layers(
 ) -> dict[str, Any]:
     """Write the four model files from in-memory layers; return a summary.
 
-    ``text`` (see ``bilm/text.py``) is stored as the ``text`` key of options.json."""
+    ``text`` (see ``bilm/text_inputs.py``) is stored as the ``text`` key of options.json."""
     from elmo_pipeline.bilm.token_vectors import encode_vocabulary
     from elmo_pipeline.bilm.weights import inference_options, save_bilm_tf_weights
     from elmo_pipeline.text.vocabulary import read_vocab
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     use_keras_backend(_training_backend(args.bilm_dir))
     text = None
     if "corpus" in settings:
-        from elmo_pipeline.bilm.text import text_settings
+        from elmo_pipeline.bilm.text_inputs import text_settings
 
         text = text_settings(settings["corpus"], settings.get("segment"))
     return run_stage(

@@ -186,14 +186,14 @@ def train(
     with ``common.use_keras_backend`` before importing it).  ``counts_file`` (the
     vocab stage's ``counts.tsv``) sets a fine-tune's starting softmax bias.
     """
-    from elmo_pipeline.bilm.data import load_vocab
     from elmo_pipeline.bilm.devices import setup_backend
     from elmo_pipeline.bilm.trainer import TrainingRun
+    from elmo_pipeline.text.vocabulary import read_vocab
 
     settings = complete_settings(settings)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    vocab = load_vocab(vocab_file)
+    vocab = read_vocab(vocab_file)
     n_train_tokens = read_n_train_tokens(vocab_stats_file)
     shard_files = [str(p) for p in expand_inputs([str(s) for s in shard_files])]
     backend, n_replicas, strategy = setup_backend(settings["seed"], threads)

@@ -24,7 +24,7 @@ def __getattr__(name: str):
 
         return ElmoLayer
     if name == "ElmoInputs":
-        from elmo_pipeline.bilm.text import ElmoInputs
+        from elmo_pipeline.bilm.text_inputs import ElmoInputs
 
         return ElmoInputs
     raise AttributeError(f"module 'elmo_pipeline.bilm' has no attribute {name!r}")

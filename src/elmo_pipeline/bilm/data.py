@@ -29,14 +29,9 @@ import numpy as np
 
 from elmo_pipeline.bilm.chars import token_char_ids
 from elmo_pipeline.text.tokens import BOS, EOS, UNK, UNK_ID
-from elmo_pipeline.text.vocabulary import read_vocab, vocab_index
+from elmo_pipeline.text.vocabulary import vocab_index
 
 DIRECTIONS = ("forward", "backward")
-
-
-def load_vocab(path: str | os.PathLike) -> list[str]:
-    """Read a biLM vocabulary (``<S>``, ``</S>``, ``<UNK>`` first, then by count)."""
-    return read_vocab(path)
 
 
 def vocab_char_table(vocab: Sequence[str], max_chars: int = 50) -> np.ndarray:

@@ -55,7 +55,7 @@ from elmo_pipeline.bilm.forward import (
 from elmo_pipeline.bilm.model_files import ModelFiles, load_model
 from elmo_pipeline.bilm.row_state import RowState
 from elmo_pipeline.bilm.scalar_mix import ScalarMix
-from elmo_pipeline.bilm.text import as_token_lists
+from elmo_pipeline.bilm.text_inputs import as_token_lists
 from elmo_pipeline.bilm.token_vectors import TokenVectors
 
 
@@ -137,7 +137,7 @@ class Embedder:
 
     def embed(self, sentences: Sequence[str] | Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
         """Embed token lists (no markers) or untokenised strings (tokenised as the model's
-        corpus was, see ``bilm/text.py``); see the class docstring for the keys."""
+        corpus was, see ``bilm/text_inputs.py``); see the class docstring for the keys."""
         sentences = check_token_lists(as_token_lists(sentences, self.options))
         n_rows = len(sentences)
         lengths = np.array([len(s) for s in sentences], dtype=np.int32)

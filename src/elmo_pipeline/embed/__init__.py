@@ -28,6 +28,7 @@ directory or one file, written under a temporary name and renamed when complete,
 
 from __future__ import annotations
 
+from elmo_pipeline.embed.command import DEFAULT_SETTINGS, build_parser, main
 from elmo_pipeline.embed.inputs import (
     DEFAULT_HELDOUT,
     InputSource,
@@ -46,7 +47,6 @@ from elmo_pipeline.embed.record_batches import (
     check_outputs,
     iter_record_batches,
 )
-from elmo_pipeline.embed.stage import DEFAULT_SETTINGS, build_parser, main
 from elmo_pipeline.embed.writing import write_embeddings, write_embeddings_file
 
 __all__ = [

@@ -1,5 +1,5 @@
 """``python -m elmo_pipeline.embed``: the embed stage's command line."""
 
-from elmo_pipeline.embed.stage import main
+from elmo_pipeline.embed.command import main
 
 raise SystemExit(main())

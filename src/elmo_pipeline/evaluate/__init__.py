@@ -56,6 +56,7 @@ from elmo_pipeline.evaluate.classification import (
     sample_and_split,
     word2vec_features,
 )
+from elmo_pipeline.evaluate.command import main
 from elmo_pipeline.evaluate.intervals import paired_difference, wilson_interval
 from elmo_pipeline.evaluate.perplexity import last_epoch_perplexity, perplexity_report
 from elmo_pipeline.evaluate.polysemy import (
@@ -68,7 +69,7 @@ from elmo_pipeline.evaluate.polysemy import (
     spread,
 )
 from elmo_pipeline.evaluate.pos import pos_report, read_tagged, split_probe
-from elmo_pipeline.evaluate.stage import DEFAULTS, main, resolve_settings, run_evaluation
+from elmo_pipeline.evaluate.stage import DEFAULTS, resolve_settings, run_evaluation
 
 __all__ = [
     "DEFAULTS",

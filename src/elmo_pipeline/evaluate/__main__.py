@@ -1,5 +1,5 @@
 """``python -m elmo_pipeline.evaluate``: the evaluate stage's command line."""
 
-from elmo_pipeline.evaluate.stage import main
+from elmo_pipeline.evaluate.command import main
 
 raise SystemExit(main())

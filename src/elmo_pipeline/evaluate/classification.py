@@ -149,7 +149,7 @@ def keras_classifier_predictions(
     import keras
 
     from elmo_pipeline.bilm.elmo_layer import ElmoLayer
-    from elmo_pipeline.bilm.text import ElmoInputs
+    from elmo_pipeline.bilm.text_inputs import ElmoInputs
 
     keras.utils.set_random_seed(seed)
     inputs = ElmoInputs.from_dir(model_dir)
@@ -289,7 +289,7 @@ def _natural(label: str) -> tuple[int, str]:
 
 
 def embedder_tokens(embedder, texts: list[str]) -> list[list[str]]:
-    """Texts tokenised as the model's corpus was (its ``text`` settings, see bilm/text.py)."""
-    from elmo_pipeline.bilm.text import as_token_lists
+    """Texts tokenised as the model's corpus was (its ``text`` settings, bilm/text_inputs.py)."""
+    from elmo_pipeline.bilm.text_inputs import as_token_lists
 
     return as_token_lists(texts, embedder.options)

@@ -1,8 +1,7 @@
-"""The evaluate stage: its settings, the four reports in turn, and the command line."""
+"""The evaluate stage: its settings and the four reports in turn (command line: command.py)."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from collections.abc import Sequence
@@ -11,10 +10,6 @@ from typing import Any
 
 from elmo_pipeline.common import (
     atomic_path,
-    parse_settings,
-    run_stage,
-    setup_logging,
-    use_keras_backend,
     write_json,
 )
 from elmo_pipeline.evaluate.classification import classification_report
@@ -78,35 +73,3 @@ def run_evaluation(
     write_json(out_dir / "polysemy.json", report)
     with atomic_path(out_dir / "polysemy.png") as tmp:
         plot_polysemy(report, coordinates, tmp)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m elmo_pipeline.evaluate",
-        description="Perplexity, classification and polysemy checks of a trained model.",
-    )
-    parser.add_argument("--settings", default="{}", help='JSON: {"evaluate": {...}, "backend": ..}')
-    parser.add_argument("--model", required=True, help="model directory (results/model)")
-    parser.add_argument("--history", required=True, help="results/bilm/history.csv")
-    parser.add_argument("--heldout", required=True, help="results/corpus/heldout.txt")
-    parser.add_argument("--shards", nargs="+", required=True, help="training shards")
-    parser.add_argument("--word2vec", default=None, help="results/word2vec/vectors.kv")
-    parser.add_argument("--out-dir", required=True, help="results/eval")
-    parser.add_argument("--log", default=None, help="log file")
-    args = parser.parse_args(argv)
-    setup_logging(args.log)
-    raw = parse_settings(args.settings)
-    use_keras_backend(raw.get("backend"))
-    return run_stage(
-        lambda: run_evaluation(
-            args.model,
-            args.history,
-            args.heldout,
-            args.shards,
-            args.word2vec,
-            args.out_dir,
-            resolve_settings(raw),
-        ),
-        expected=(FileNotFoundError, ValueError),
-        logger=log,
-    )

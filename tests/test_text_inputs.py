@@ -1,10 +1,10 @@
-"""Raw strings become the tokens the corpus would have given (bilm/text.py), no Keras."""
+"""Raw strings become the tokens the corpus would have given (bilm/text_inputs.py), no Keras."""
 
 from __future__ import annotations
 
 import pytest
 
-from elmo_pipeline.bilm.text import (
+from elmo_pipeline.bilm.text_inputs import (
     ElmoInputs,
     as_token_lists,
     make_string_tokenizer,
