@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: build_vocab(
             expand_inputs(args.shards),
             args.out_dir,
-            **{**DEFAULT_SETTINGS, **settings},
+            **settings,  # only known keys (parse_settings); build_vocab has the defaults
             progress=not args.no_progress,
             threads=args.threads,
         ),
