@@ -104,7 +104,7 @@ def plot_training(history_csv: str | os.PathLike, out: str | os.PathLike) -> Non
         bwd = np.array([r["heldout_ppl_bwd"] for r in epoch_rows])
         ax_ppl.plot(steps, fwd, "o-", label="forward")
         ax_ppl.plot(steps, bwd, "s-", label="backward")
-        ax_ppl.plot(steps, np.sqrt(fwd * bwd), "k--", label="combined (geometric mean)")
+        ax_ppl.plot(steps, np.sqrt(fwd * bwd), "kx--", label="combined (geometric mean)")
         ax_ppl.set_yscale("log")
         ax_ppl.legend()
     else:
