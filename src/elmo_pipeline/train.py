@@ -52,6 +52,7 @@ import numpy as np
 
 from elmo_pipeline.bilm.monitoring import TrainingDivergedError
 from elmo_pipeline.bilm.plan import TrainingPlan, make_plan
+from elmo_pipeline.bilm.processes import Processes, processes_from_env
 from elmo_pipeline.common import (
     expand_inputs,
     parse_settings,
@@ -153,16 +154,20 @@ def log_plan(plan: TrainingPlan) -> None:
     s = plan.settings
     log.info(
         "biLM: %s input, vocab %d, %d train tokens, %d steps/epoch x %d epochs = %d steps, "
-        "batch %d x %d replicas x %d steps, %s (learning rate %g), backend %s",
+        "global batch %d rows (%d per replica x %d replicas in %d process(es)) x %d steps = "
+        "%d tokens per step, %s (learning rate %g), backend %s",
         s["input"],
         plan.n_vocab,
         plan.n_train_tokens,
         plan.steps_per_epoch,
         s["n_epochs"],
         plan.total_steps,
+        plan.batch_size * plan.n_replicas,
         plan.batch_size,
         plan.n_replicas,
+        plan.n_processes,
         plan.unroll_steps,
+        2 * plan.tokens_per_step,
         s["optimizer"],
         learning_rate(s),
         plan.backend,
@@ -196,12 +201,13 @@ def train(
     vocab = read_vocab(vocab_file)
     n_train_tokens = read_n_train_tokens(vocab_stats_file)
     shard_files = [str(p) for p in expand_inputs([str(s) for s in shard_files])]
-    backend, n_replicas, strategy = setup_backend(settings["seed"], threads)
+    processes = processes_from_env()
+    backend, n_replicas, strategy = setup_backend(settings["seed"], threads, processes)
     if backend != settings["backend"]:
         log.warning("settings ask for backend %s, Keras runs %s", settings["backend"], backend)
     plan = make_plan(
         settings, vocab_file, len(vocab), n_train_tokens, shard_files, init_file, n_replicas,
-        backend,
+        backend, processes.count,
     )  # fmt: skip
     log_plan(plan)
     init_embedding = None
@@ -211,8 +217,9 @@ def train(
         init_embedding = read_init_embedding(
             init_file, len(vocab), int(settings["lstm"]["projection_dim"])
         )
-    for stale in out_dir.glob(".tmp-weights-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while writing
+    if processes.is_writer:
+        for stale in out_dir.glob(".tmp-weights-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while writing
 
     start = None
     if settings["init_from"] is not None:
@@ -222,8 +229,9 @@ def train(
         counts = read_token_counts(counts_file) if counts_file else None
         start = StartingPoint(Path(settings["init_from"]), counts)
     run = TrainingRun(
-        plan, out_dir, vocab, shard_files, heldout_file, strategy, init_embedding, start
-    )
+        plan, out_dir, vocab, shard_files, heldout_file, strategy, init_embedding, start,
+        processes,
+    )  # fmt: skip
     run.resume()
     run.run_steps()
     return run.finish()
@@ -231,6 +239,14 @@ def train(
 
 # --------------------------------------------------------------------------------------------
 # Command line
+
+
+def process_log_file(log_file: str | None, processes: Processes) -> str | None:
+    """The rule's log for process 0; ``train_bilm.process-<i>.log`` beside it for the others."""
+    if log_file is None or processes.is_writer:
+        return log_file
+    root, ext = os.path.splitext(log_file)
+    return f"{root}.process-{processes.index}{ext}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -256,7 +272,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.log)
+    setup_logging(process_log_file(args.log, processes_from_env()))
     settings = parse_settings(args.settings)
     # Keras reads the backend once, at import: choose it before anything imports keras.
     settings.setdefault("backend", use_keras_backend(settings.get("backend")))

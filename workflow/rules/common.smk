@@ -208,6 +208,16 @@ SHARDS = [
 ]
 
 
+def training_launcher(wildcards, resources):
+    """``srun ... -n <tasks>`` before the training command when the profile asks for several
+    processes (resources ``mpi`` and ``tasks``, as Snakemake's SLURM plugin documents for MPI
+    jobs); nothing otherwise, so a workstation run stays one plain process."""
+    launcher = resources.get("mpi")
+    if not launcher:
+        return ""
+    return f"{launcher} -n {resources.get('tasks', 1)} "
+
+
 def final_targets():
     return [
         "results/model/weights.hdf5",

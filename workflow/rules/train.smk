@@ -19,6 +19,7 @@ rule train_bilm:
         settings=as_json(config["bilm"]),
         out_dir=lambda wc, output: os.path.dirname(output.options),
         init=lambda wc, input: f"--init {input.init}" if "init" in input.keys() else "",
+        launcher=training_launcher,
     threads: workflow.cores
     resources:
         gpu=1,
@@ -29,7 +30,7 @@ rule train_bilm:
     conda:
         GPU_ENV
     shell:
-        "python -m elmo_pipeline.train --settings {params.settings:q} --vocab {input.vocab} "
+        "{params.launcher}python -m elmo_pipeline.train --settings {params.settings:q} --vocab {input.vocab} "
         "--vocab-stats {input.vocab_stats} --shards {input.shards} --heldout {input.heldout} "
         "{params.init} --counts {input.counts} --out-dir {params.out_dir} --threads {threads} "
         "--log {log}"

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from elmo_pipeline.bilm.processes import Processes, initialize
+
 log = logging.getLogger(__name__)
 
 
@@ -23,17 +25,22 @@ log = logging.getLogger(__name__)
 TF_LOGICAL_CPUS_ENV = "ELMO_TF_LOGICAL_CPUS"
 
 
-def setup_backend(seed: int, threads: int | None = None) -> tuple[str, int, Any]:
+def setup_backend(
+    seed: int, threads: int | None = None, processes: Processes | None = None
+) -> tuple[str, int, Any]:
     """Seed everything, make TF ops deterministic, set up data parallelism.
 
     Returns (backend name, number of replicas, TF distribute strategy or None).
-    On JAX, more than one device sets ``keras.distribution.DataParallel``; on
-    TensorFlow, more than one GPU (or ``ELMO_TF_LOGICAL_CPUS`` > 1) gives a
-    ``tf.distribute.MirroredStrategy`` to build and train the model in.
+    On JAX, more than one device sets ``keras.distribution.DataParallel``, over the
+    devices of every process when ``processes`` says there are several
+    (``bilm/processes.py``); on TensorFlow, more than one GPU (or
+    ``ELMO_TF_LOGICAL_CPUS`` > 1) gives a ``tf.distribute.MirroredStrategy`` to
+    build and train the model in.
     """
     import keras
 
     backend = keras.backend.backend()
+    initialize(processes or Processes(), backend)
     strategy = None
     n_replicas = 1
     if backend == "tensorflow":
@@ -57,7 +64,12 @@ def setup_backend(seed: int, threads: int | None = None) -> tuple[str, int, Any]
         if len(devices) > 1:
             keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
             n_replicas = len(devices)
-            log.info("data parallel over %d %s devices", n_replicas, devices[0].platform)
+            log.info(
+                "data parallel over %d %s devices in %d process(es)",
+                n_replicas,
+                devices[0].platform,
+                jax.process_count(),
+            )
     else:
         keras.utils.set_random_seed(int(seed))
     return backend, n_replicas, strategy

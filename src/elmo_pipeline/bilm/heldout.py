@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from elmo_pipeline.bilm.processes import Processes
 from elmo_pipeline.text.tokens import EOS, UNK
 
 #: Largest full-softmax logits block (floats) one held-out window may create.
@@ -65,6 +66,7 @@ class HeldoutEvaluator:
         vocab: Sequence[str],
         n_replicas: int = 1,
         window: int | None = None,
+        processes: Processes | None = None,
     ) -> None:
         import keras
 
@@ -74,8 +76,11 @@ class HeldoutEvaluator:
         self.heldout_file = heldout_file
         self.vocab = vocab
         self.copies = max(1, int(n_replicas))
+        #: with several processes every process feeds all the (identical) copies, and the
+        #: scorer returns every output whole to every process (numpy can read nothing else)
+        self.processes = processes or Processes()
         self.window = int(window or window_length(model.n_vocab))
-        self.scorer = HeldoutScorer(model)
+        self.scorer = HeldoutScorer(model, replicate_outputs=self.processes.several)
         self.scorer.compile(jit_compile=keras.backend.backend() == "jax")
 
     def _zero_state(self) -> dict[str, np.ndarray]:

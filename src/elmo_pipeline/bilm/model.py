@@ -292,12 +292,14 @@ class HeldoutScorer(keras.Model):
     both backends.  Inputs: dict with ``inputs``, ``targets``, ``weights`` and
     the states ``c{l}`` ``[B, 2, dim]``, ``h{l}`` ``[B, 2, P]``, all batch-major
     (so data parallelism splits rows); outputs: ``nll`` [2] (summed), ``count``
-    [2] and the new ``c{l}``, ``h{l}``.
+    [2] and the new ``c{l}``, ``h{l}``.  ``replicate_outputs`` (training as several
+    processes) returns every output whole on every device, as numpy needs to read it.
     """
 
-    def __init__(self, bilm: BiLM, **kwargs: Any) -> None:
+    def __init__(self, bilm: BiLM, replicate_outputs: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.bilm = bilm
+        self.replicate_outputs = replicate_outputs
 
     def call(self, batch):
         def direction_major(x):
@@ -318,7 +320,18 @@ class HeldoutScorer(keras.Model):
         for layer, (c, h) in enumerate(final_state):
             out[f"c{layer}"] = direction_major(ops.cast(c, "float32"))
             out[f"h{layer}"] = direction_major(ops.cast(h, "float32"))
+        if self.replicate_outputs:
+            out = {key: replicated(value) for key, value in out.items()}
         return out
+
+
+def replicated(tensor):
+    """``tensor`` laid out whole on every device of the distribution (an all-gather)."""
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return tensor
+    layout = keras.distribution.TensorLayout([None] * len(tensor.shape), distribution.device_mesh)
+    return keras.distribution.distribute_tensor(tensor, layout)
 
 
 def build_training_model(

@@ -219,8 +219,10 @@ class ProgressReporter:
 class TensorBoardWriter:
     """Scalars under ``logdir`` when tensorflow and tensorboard are importable."""
 
-    def __init__(self, logdir: Path) -> None:
+    def __init__(self, logdir: Path, enabled: bool = True) -> None:
         self.writer = None
+        if not enabled:  # a training process other than the one that writes
+            return
         missing = [m for m in ("tensorflow", "tensorboard") if importlib.util.find_spec(m) is None]
         if missing:
             log.info("%s not installed: no TensorBoard logs", " and ".join(missing))

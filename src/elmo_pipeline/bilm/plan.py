@@ -45,6 +45,7 @@ def settings_fingerprint(
     init_sha256: str | None = None,
     shard_sizes: Sequence[int] = (),
     start_sha256: str | None = None,
+    n_processes: int = 1,
 ) -> str:
     """Hash of everything a checkpoint depends on; resuming requires equality.
 
@@ -65,6 +66,8 @@ def settings_fingerprint(
     }
     if start_sha256 is not None:  # only then: fresh runs keep the fingerprints they had
         identity["starting_model"] = start_sha256
+    if n_processes > 1:  # likewise: one-process runs keep theirs
+        identity["n_processes"] = n_processes
     blob = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
@@ -128,6 +131,8 @@ class TrainingPlan:
     #: the fingerprint without the run's length: equal for runs that differ only in
     #: ``n_epochs``, so a longer run continues a shorter one's checkpoint.
     continuation: str = ""
+    #: training processes (``srun`` tasks); ``n_replicas`` counts the devices of all of them
+    n_processes: int = 1
 
     @property
     def batch_size(self) -> int:
@@ -146,7 +151,7 @@ class TrainingPlan:
         return (step - 1) // self.steps_per_epoch + 1
 
     def train_options(self) -> dict[str, Any]:
-        return make_train_options(
+        options = make_train_options(
             self.settings,
             self.n_vocab,
             self.n_train_tokens,
@@ -155,6 +160,7 @@ class TrainingPlan:
             self.steps_per_epoch,
             self.backend,
         )
+        return {**options, "n_processes": self.n_processes}
 
 
 def starting_sha256(settings: dict[str, Any]) -> str | None:
@@ -174,6 +180,7 @@ def make_plan(
     init_file: str | os.PathLike | None,
     n_replicas: int,
     backend: str,
+    n_processes: int = 1,
 ) -> TrainingPlan:
     batch, unroll = int(settings["batch_size"]), int(settings["unroll_steps"])
     steps_epoch = steps_per_epoch(n_train_tokens, batch, unroll, n_replicas)
@@ -184,6 +191,7 @@ def make_plan(
         "init_sha256": file_sha256(init_file) if init_file else None,
         "shard_sizes": [os.path.getsize(f) for f in shard_files],
         "start_sha256": starting_sha256(settings),
+        "n_processes": n_processes,
     }
     fingerprint = settings_fingerprint(settings, **upstream)
     length_free = {k: v for k, v in settings.items() if k not in RUN_LENGTH}
@@ -198,4 +206,5 @@ def make_plan(
         total_steps=steps_epoch * int(settings["n_epochs"]),
         fingerprint=fingerprint,
         continuation=continuation,
+        n_processes=n_processes,
     )

@@ -36,6 +36,7 @@ from elmo_pipeline.bilm.monitoring import (
     TrainingHistory,
 )
 from elmo_pipeline.bilm.plan import TrainingPlan
+from elmo_pipeline.bilm.processes import Processes, local_rows, wait_for_all
 from elmo_pipeline.common import write_json
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class TrainingRun:
         strategy,
         init_embedding: np.ndarray | None,
         start: StartingPoint | None = None,
+        processes: Processes | None = None,
     ) -> None:
         from elmo_pipeline.bilm.data import BiLMBatcher
         from elmo_pipeline.bilm.model import build_training_model
@@ -112,6 +114,8 @@ class TrainingRun:
         self.plan = plan
         self.out_dir = out_dir
         self.strategy = strategy
+        #: several processes train as one (``srun``); only process 0 writes files
+        self.processes = processes or Processes()
         self.start = start
         self.vocab = vocab
         self.shard_files = shard_files
@@ -135,7 +139,9 @@ class TrainingRun:
             char_mode=self.model.char_mode,
             max_chars=self.model.max_chars or 50,
         )
-        self.evaluator = HeldoutEvaluator(self.model, heldout_file, vocab, plan.n_replicas)
+        self.evaluator = HeldoutEvaluator(
+            self.model, heldout_file, vocab, plan.n_replicas, processes=self.processes
+        )
         self.checkpoints = CheckpointManager(out_dir / "checkpoints")
         self.guard = DivergenceGuard(settings["divergence_factor"])
         self.step, self.run = 0, 0
@@ -146,11 +152,18 @@ class TrainingRun:
 
     # -- resume -------------------------------------------------------------------------------
     def resume(self) -> None:
-        self.checkpoints.remove_stale()
-        self.checkpoints.report_old_runs()
-        path = self.checkpoints.find_resumable(
-            self.plan.fingerprint, self.plan.continuation, self.plan.settings, self.plan.total_steps
-        )
+        """Load the newest checkpoint this run can continue; every process loads the same.
+
+        Process 0 tidies the folder first (and moves a checkpoint it cannot continue
+        aside); the others look only after it has."""
+        path = None
+        if self.processes.is_writer:
+            self.checkpoints.remove_stale()
+            self.checkpoints.report_old_runs()
+            path = self.find_resumable()
+        wait_for_all(self.processes, "checkpoints tidied")
+        if not self.processes.is_writer:
+            path = self.find_resumable()
         if path is None:
             if self.start is not None:
                 self.begin_from_starting_model()
@@ -169,12 +182,23 @@ class TrainingRun:
             self.run,
         )  # fmt: skip
 
+    def find_resumable(self) -> Path | None:
+        plan = self.plan
+        return self.checkpoints.find_resumable(
+            plan.fingerprint, plan.continuation, plan.settings, plan.total_steps
+        )
+
     def begin_from_starting_model(self) -> None:
         """Fine-tune: the starting model's weights, and its held-out perplexity on this corpus
         as the "epoch 0" row of the history (the baseline the fine-tune has to beat)."""
         from elmo_pipeline.bilm.finetune import start_from_model
 
         assert self.start is not None
+        if self.processes.several:
+            raise ValueError(
+                f"bilm.init_from: a fine-tune starts as one process, not {self.processes.count}; "
+                "run it on one node (its GPUs are used data parallel)"
+            )
         start_from_model(
             self.model, self.start.model_dir, self.vocab, self.start.counts, self.fit_batches()
         )
@@ -237,18 +261,23 @@ class TrainingRun:
         )
 
     def save_checkpoint(self) -> None:
-        if not weights_are_finite(self.model):
-            raise self.diverged("the weights are NaN/inf; no checkpoint written")
-        self.last_good = self.checkpoints.save(self.model, self.optimizer, self.meta())
+        """Process 0 writes the checkpoint (and the running history); the others note it."""
+        if self.processes.is_writer:
+            if not weights_are_finite(self.model):
+                raise self.diverged("the weights are NaN/inf; no checkpoint written")
+            self.last_good = self.checkpoints.save(self.model, self.optimizer, self.meta())
+            self.history.save_running()
         self.last_good_step = self.step
-        self.history.save_running()
 
     # -- steps --------------------------------------------------------------------------------
     def train_step(self, batch) -> float:
         """One optimizer step; returns the per-token sampled loss (not the scaled one)."""
+        # with several processes, each feeds its own rows of the global batch
+        inputs = local_rows(self.processes, batch_major(batch.inputs))
+        targets = local_rows(self.processes, batch_major(batch.targets))
         scaled = self.model.train_on_batch(
-            split_batch_per_replica(self.strategy, batch_major(batch.inputs)),
-            split_batch_per_replica(self.strategy, batch_major(batch.targets)),
+            split_batch_per_replica(self.strategy, inputs),
+            split_batch_per_replica(self.strategy, targets),
         )
         return float(scaled) / self.model.loss_scale
 
@@ -263,9 +292,10 @@ class TrainingRun:
         reason = self.guard.check_heldout(ppl.combined)
         if reason is not None:
             self.history.append(row)
-            self.history.save_running()
+            if self.processes.is_writer:
+                self.history.save_running()
             raise self.diverged(reason)
-        if ppl.combined < previous_best:
+        if ppl.combined < previous_best and self.processes.is_writer:
             self.checkpoints.save_best(
                 self.model, self.optimizer, self.meta(heldout_ppl=ppl.combined)
             )
@@ -276,7 +306,7 @@ class TrainingRun:
         plan = self.plan
         if self.step >= plan.total_steps:
             return
-        tensorboard = TensorBoardWriter(self.out_dir / "tensorboard")
+        tensorboard = TensorBoardWriter(self.out_dir / "tensorboard", self.processes.is_writer)
         progress = ProgressReporter(plan.total_steps, self.step)
         prefetcher = Prefetcher(self.batcher)
         log_every = max(1, plan.steps_per_epoch // 1000)
@@ -327,8 +357,14 @@ class TrainingRun:
         """Final checkpoint, ``model.weights.h5`` (best or last), options and history."""
         if self.last_good_step != self.step:
             self.save_checkpoint()
+        # Loading and saving weights are collective with several processes (Keras creates
+        # and assigns variables on every device): all take part, process 0 keeps the file.
+        wait_for_all(self.processes, "final checkpoints written")
         chosen = self.choose_final_weights()
-        write_final_weights(self.model, self.out_dir / "model.weights.h5")
+        write_final_weights(self.model, self.out_dir / "model.weights.h5", self.processes.is_writer)
+        if not self.processes.is_writer:
+            log.info("training finished at step %d; process 0 writes the files", self.step)
+            return {"steps": self.step, "process": self.processes.index}
         options = {**self.plan.train_options(), "final_weights": chosen}
         write_json(self.out_dir / "train_options.json", options)
         self.history.finish()
@@ -337,6 +373,7 @@ class TrainingRun:
             "steps": self.step,
             "steps_per_epoch": self.plan.steps_per_epoch,
             "n_replicas": self.plan.n_replicas,
+            "n_processes": self.plan.n_processes,
             "run": self.run,
             "final_train_loss": final.get("train_loss"),
             "heldout_ppl": self.history.last_heldout_ppl(),
@@ -377,12 +414,16 @@ def log_heldout(where: str, ppl) -> None:
     )
 
 
-def write_final_weights(model, path: Path) -> None:
-    """``model.save_weights`` into a temporary directory, then rename (Keras wants the suffix)."""
+def write_final_weights(model, path: Path, keep: bool = True) -> None:
+    """``model.save_weights`` into a temporary directory, then rename (Keras wants the suffix).
+
+    ``keep=False`` (a training process other than process 0) saves and throws the
+    file away: Keras' saving is collective across processes."""
     tmp_dir = Path(tempfile.mkdtemp(prefix=".tmp-weights-", dir=path.parent))
     try:
         tmp = tmp_dir / path.name
         model.save_weights(tmp)
-        os.replace(tmp, path)
+        if keep:
+            os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
