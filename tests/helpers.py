@@ -87,9 +87,10 @@ def tiny_config(**bilm_overrides) -> dict:
 
 
 def snakemake(
-    workdir: Path, config: dict, *args: str, timeout: int = 900
+    workdir: Path, config: dict, *args: str, timeout: int = 900, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """Run the real snakemake on this repository's Snakefile in ``workdir``."""
+    """Run the real snakemake on this repository's Snakefile in ``workdir`` (``env``: its
+    environment, default this process's)."""
     config_file = workdir / "config.yaml"
     config_file.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
     cmd = [
@@ -104,7 +105,7 @@ def snakemake(
         str(config_file),
         *args,
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def planned_rules(result: subprocess.CompletedProcess) -> set[str]:

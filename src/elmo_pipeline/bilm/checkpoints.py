@@ -125,6 +125,7 @@ class CheckpointManager:
     def save(self, model, optimizer, meta: dict[str, Any]) -> Path:
         """Write ``ckpt-<step>/``; keep the newest ``keep``."""
         path = write_checkpoint(self.dir / f"ckpt-{meta['step']:09d}", model, optimizer, meta)
+        log.info("wrote checkpoint %s", path)
         for old in self.complete()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return path
