@@ -18,7 +18,9 @@ What a run does (docs/training.md; the network: docs/network.md):
   ``tf.distribute.MirroredStrategy`` over the GPUs on TensorFlow (each replica
   gets a contiguous block of rows and carries its rows' LSTM state; the
   environment variable ``ELMO_TF_LOGICAL_CPUS=N``, a testing knob, splits the
-  CPU into N logical devices to exercise it without GPUs).
+  CPU into N logical devices to exercise it without GPUs).  On JAX it also spans several
+  processes started by ``srun`` (``bilm/processes.py``): each feeds its rows of the
+  global batch and process 0 writes every file.
 * Watching it (``bilm/monitoring.py``): ``history.csv`` rows ``step, epoch,
   run, elapsed_s, tokens_per_s, learning_rate, train_loss`` and, on each epoch's
   last step, ``heldout_ppl_fwd, heldout_ppl_bwd, heldout_ppl``: held-out
