@@ -186,12 +186,15 @@ def train(
     init_file: str | os.PathLike | None = None,
     threads: int | None = None,
     counts_file: str | os.PathLike | None = None,
+    processes: Processes | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) the biLM; return a summary (steps, final losses, perplexities).
 
     Keras must already be configured for the wanted backend (``main`` chooses it
     with ``common.use_keras_backend`` before importing it).  ``counts_file`` (the
     vocab stage's ``counts.tsv``) sets a fine-tune's starting softmax bias.
+    ``processes``: this process's place among several (default: read from the environment,
+    ``bilm/processes.py``).
     """
     from elmo_pipeline.bilm.devices import setup_backend
     from elmo_pipeline.bilm.trainer import TrainingRun
@@ -203,7 +206,7 @@ def train(
     vocab = read_vocab(vocab_file)
     n_train_tokens = read_n_train_tokens(vocab_stats_file)
     shard_files = [str(p) for p in expand_inputs([str(s) for s in shard_files])]
-    processes = processes_from_env()
+    processes = processes or processes_from_env()
     backend, n_replicas, strategy = setup_backend(settings["seed"], threads, processes)
     if backend != settings["backend"]:
         log.warning("settings ask for backend %s, Keras runs %s", settings["backend"], backend)
@@ -274,7 +277,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(process_log_file(args.log, processes_from_env()))
+    processes = processes_from_env()
+    setup_logging(process_log_file(args.log, processes))
     settings = parse_settings(args.settings)
     # Keras reads the backend once, at import: choose it before anything imports keras.
     settings.setdefault("backend", use_keras_backend(settings.get("backend")))
@@ -290,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             init_file=args.init,
             threads=args.threads,
             counts_file=args.counts,
+            processes=processes,
         ),
         expected=(TrainingDivergedError,),
         logger=log,

@@ -76,11 +76,11 @@ class HeldoutEvaluator:
         self.heldout_file = heldout_file
         self.vocab = vocab
         self.copies = max(1, int(n_replicas))
-        #: with several processes every process feeds all the (identical) copies, and the
-        #: scorer returns every output whole to every process (numpy can read nothing else)
-        self.processes = processes or Processes()
         self.window = int(window or window_length(model.n_vocab))
-        self.scorer = HeldoutScorer(model, replicate_outputs=self.processes.several)
+        # With several processes every process feeds all the (identical) copies, and the
+        # scorer returns every output whole to every process (numpy can read nothing else).
+        several = processes is not None and processes.several
+        self.scorer = HeldoutScorer(model, replicate_outputs=several)
         self.scorer.compile(jit_compile=keras.backend.backend() == "jax")
 
     def _zero_state(self) -> dict[str, np.ndarray]:
